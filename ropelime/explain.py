@@ -1,0 +1,221 @@
+"""The pipeline: prompt → features → masks → perturbed prompts → surrogate scores → fit → Explanation."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+
+import numpy as np
+
+from ropelime.cache import ScoreCache, digest
+from ropelime.errors import InputError
+from ropelime.features import find_explain_span, split_features
+from ropelime.fit import fit_linear
+from ropelime.kernels import kernel_weights, rwmd
+from ropelime.perturb import perturb_tokens
+from ropelime.samplers import sample_masks
+from ropelime.schema import Cost, Diagnostics, ExplainConfig, Explanation, FeatureScore, SurrogateInfo
+from ropelime.settings import cache_dir
+from ropelime.surrogate import EncodedPrompt, Surrogate, TokenScores
+from ropelime.targets import SUPPORT_SIGN, target_vector
+
+log = logging.getLogger(__name__)
+
+CHUNK = 16
+"""Masks scored per step: the granularity of progress reports, time-budget checks and cancellation."""
+
+Progress = Callable[[int, int], None]
+
+
+class Cancelled(Exception):
+    """Raised when `should_stop` asks to stop; every score computed so far is already cached."""
+
+
+@functools.lru_cache(maxsize=4)
+def load_surrogate(name: str | None = None, device: str | None = None) -> Surrogate:
+    """Load a surrogate once per process (the embedded default when name is None)."""
+    return Surrogate.load(name, device=device)
+
+
+@functools.lru_cache(maxsize=1)
+def default_cache() -> ScoreCache:
+    """The process-wide score cache in the cache directory."""
+    return ScoreCache(cache_dir() / "scores.sqlite")
+
+
+def explain(
+    prompt: str,
+    response: str | None = None,
+    *,
+    model: str | None = None,
+    system: str | None = None,
+    explain: str | None = None,
+    config: ExplainConfig | None = None,
+    surrogate: Surrogate | str | None = None,
+    cache: ScoreCache | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    closed_timeout: float = 60.0,
+    api_base: str | None = None,
+    **options,
+) -> Explanation:
+    """Explain which parts of `prompt` support `response` (or `model`'s answer to it).
+
+    `explain` is the substring to attribute (default: the whole prompt); method options go in
+    `config` or as keyword arguments (see `ExplainConfig`).
+    """
+    started = time.perf_counter()
+    config = (config or ExplainConfig()).model_copy(update=options)
+    config = ExplainConfig.model_validate(config.model_dump())
+    if not prompt or not prompt.strip():
+        raise InputError("the prompt is empty: give the prompt whose answer you want explained.")
+    cost = Cost()
+    source = "given" if response is not None else "closed_model"
+    if response is None:
+        if not model:
+            raise InputError("give the response to explain, or a model to get it from.")
+        from ropelime.closed import fetch_response  # litellm is slow to import: only when needed
+
+        fetched = fetch_response(model, prompt, system, cache_dir=cache_dir(),
+                                        timeout=closed_timeout, api_base=api_base)
+        response, cost.closed_model_calls = fetched.text, 0 if fetched.cached else 1
+        cost.closed_model_usage = fetched.usage
+    if not response.strip():
+        raise InputError("the response is empty: give the text whose support you want explained.")
+
+    span = find_explain_span(prompt, explain)
+    features = split_features(prompt, config.granularity, explain=span, segments=config.segments)
+    if not isinstance(surrogate, Surrogate):
+        surrogate = load_surrogate(surrogate)
+    cache = cache or default_cache()
+
+    scored = score_masks(prompt, system, response, features_spans=[(f.start, f.end) for f in features],
+                         config=config, surrogate=surrogate, cache=cache, progress=progress,
+                         should_stop=should_stop, started=started, cost=cost)
+    masks, rows, distances, planned, encoded = scored
+    d = len(features)
+    y = target_vector(rows, config.target)
+    weights = kernel_weights(config.kernel, masks, width=config.kernel_width, rwmd_distances=distances)
+    fit = fit_linear(masks, y, weights, solver=config.solver, alpha=config.alpha, seed=config.seed)
+    sign = SUPPORT_SIGN[config.target]
+    scores = sign * fit.coef
+    low, high = sorted_pair(sign * fit.ci_low, sign * fit.ci_high)
+    ranks = np.empty(d, dtype=int)
+    ranks[np.argsort(-scores, kind="stable")] = np.arange(1, d + 1)
+
+    notes = list(fit.notes)
+    untokenised = sorted(set(range(d)) - set(encoded.token_feature[encoded.token_feature >= 0].tolist()))
+    if untokenised:
+        notes.append(f"features {untokenised} share tokens with a neighbour; their scores are 0")
+    complete = len(rows) == planned
+    if not complete:
+        notes.append(f"time budget reached after {len(rows)} of {planned} samples; call again to continue")
+    base_nll = float(-rows[0].logp.mean())
+    cost.seconds = round(time.perf_counter() - started, 3)
+    return Explanation(
+        id=explanation_id(prompt, system, span, response, config, surrogate.name),
+        prompt=prompt,
+        system=system,
+        explain_start=span[0],
+        explain_end=span[1],
+        response=response,
+        response_source=source,
+        closed_model=model if source == "closed_model" else None,
+        features=[
+            FeatureScore(**f.model_dump(), score=float(scores[i]), ci_low=float(low[i]), ci_high=float(high[i]),
+                         rank=int(ranks[i]))
+            for i, f in enumerate(features)
+        ],
+        config=config,
+        diagnostics=Diagnostics(r2=fit.r2, samples=len(rows), planned_samples=planned, complete=complete,
+                                surrogate_nll=base_nll, notes=notes),
+        cost=cost,
+        surrogate=SurrogateInfo(**surrogate.info()),
+        provenance={"ropelime": version("ropelime"), "torch": version("torch"),
+                    "transformers": version("transformers"), "seed": str(config.seed)},
+    )
+
+
+def sorted_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Elementwise (min, max) of two arrays."""
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+def explanation_id(prompt: str, system: str | None, span: tuple[int, int], response: str,
+                   config: ExplainConfig, surrogate_name: str) -> str:
+    """Content hash of the inputs and method (the time budget does not change the result's identity)."""
+    method = config.model_dump(exclude={"time_budget_s"})
+    return digest(prompt, system, span, response, sorted(method.items()), surrogate_name)[:16]
+
+
+def score_masks(
+    prompt: str,
+    system: str | None,
+    response: str,
+    *,
+    features_spans: list[tuple[int, int]],
+    config: ExplainConfig,
+    surrogate: Surrogate,
+    cache: ScoreCache,
+    progress: Progress | None,
+    should_stop: Callable[[], bool] | None,
+    started: float,
+    cost: Cost,
+) -> tuple[np.ndarray, list[TokenScores], np.ndarray | None, int, EncodedPrompt]:
+    """Score the unperturbed prompt and the sampled masks, chunk by chunk, through the cache.
+
+    Returns the scored masks (unperturbed first), their scores, their RWMD distances (when the
+    kernel needs them), the number of masks planned, and the encoded prompt. Scoring stops early
+    when the time budget is spent (at least one chunk is always scored).
+    """
+    d = len(features_spans)
+    encoded = surrogate.encode_prompt(prompt, system, features_spans)
+    response_ids = surrogate.encode_response(response)
+    masks = np.vstack([np.ones((1, d), dtype=bool),
+                       sample_masks(d, config.sampler, config.budget, k=config.k, seed=config.seed)])
+    perturbed = [perturb_tokens(encoded, m, config.perturb, surrogate.placeholder_id) for m in masks]
+    context = digest(surrogate.name, str(surrogate.dtype), encoded.ids, response_ids)
+    keys = [digest(ids) for ids, _ in perturbed]
+
+    rows: list[TokenScores | None] = [None] * len(masks)
+    cached = cache.get_many(context, keys)
+    for i, key in enumerate(keys):
+        rows[i] = cached.get(key)
+    cost.cached_samples = sum(r is not None for r in rows)
+    reference = None
+    done = cost.cached_samples
+    if progress:
+        progress(done, len(masks))
+    todo = [i for i, r in enumerate(rows) if r is None]
+    for start in range(0, len(todo), CHUNK):
+        if should_stop and should_stop():
+            raise Cancelled(f"cancelled after {done} of {len(masks)} samples (scores kept in the cache)")
+        if start > 0 and config.time_budget_s is not None and time.perf_counter() - started > config.time_budget_s:
+            break
+        chunk = todo[start:start + CHUNK]
+        if reference is None:
+            reference = surrogate.reference(encoded.ids, response_ids)
+            cost.surrogate_forward_passes += 1
+        new: dict[str, TokenScores] = {}
+        for batch, batch_scores in surrogate.iter_scores([perturbed[i][0] for i in chunk], response_ids,
+                                                         reference=reference):
+            cost.surrogate_forward_passes += 1
+            for j, scores in zip(batch, batch_scores):
+                i = chunk[j]
+                rows[i] = scores
+                new[keys[i]] = scores
+                cost.tokens_scored += len(perturbed[i][0]) + len(response_ids)
+        cache.put_many(context, new)
+        done += len(chunk)
+        if progress:
+            progress(done, len(masks))
+
+    scored = [i for i, r in enumerate(rows) if r is not None]
+    distances = None
+    if config.kernel == "rwmd_rope":
+        base = surrogate.rope_vectors(encoded.ids, encoded.prompt_tokens)
+        distances = np.array([rwmd(base, surrogate.rope_vectors(*perturbed[i])) for i in scored])
+    return masks[scored], [rows[i] for i in scored], distances, len(masks), encoded

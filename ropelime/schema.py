@@ -1,0 +1,107 @@
+"""Plain data passed between the stages and returned to callers (pydantic models)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Granularity = Literal["word", "sentence", "paragraph", "segments"]
+Sampler = Literal["sparse_k", "loo", "bernoulli"]
+Target = Literal["nll", "logit_prob", "kl", "js"]
+Kernel = Literal["rwmd_rope", "cosine", "uniform"]
+Perturbation = Literal["delete", "placeholder"]
+Solver = Literal["ridge", "ols", "lasso"]
+
+
+class Feature(BaseModel):
+    """One explainable unit of the prompt, keyed by its character span in the prompt as given."""
+
+    index: int
+    text: str
+    start: int
+    end: int
+
+
+class FeatureScore(Feature):
+    """A feature with its attribution; positive score = the feature supports the response."""
+
+    score: float
+    ci_low: float
+    ci_high: float
+    rank: int = Field(description="1 = strongest support")
+
+
+class ExplainConfig(BaseModel):
+    """Every method choice of an explanation; the defaults are the project's chosen method."""
+
+    granularity: Granularity = "sentence"
+    sampler: Sampler = "sparse_k"
+    budget: int = Field(64, ge=1, le=100_000, description="perturbed prompts to score (loo uses one per feature)")
+    k: int | None = Field(None, ge=1, description="sparse_k: largest number of features removed per mask; None = auto")
+    target: Target = "nll"
+    kernel: Kernel = "rwmd_rope"
+    kernel_width: float | None = Field(None, gt=0, description="sigma of the locality kernel; None = the kernel's default")
+    perturb: Perturbation = "delete"
+    solver: Solver = "ridge"
+    alpha: float | None = Field(None, ge=0, description="regularisation of ridge / lasso; None = the solver's default")
+    seed: int = 0
+    time_budget_s: float | None = Field(None, gt=0, description="stop scoring after this many seconds")
+    segments: list[tuple[int, int]] | None = Field(
+        None, description="granularity=segments: (start, end) character spans into the prompt"
+    )
+
+
+class Diagnostics(BaseModel):
+    r2: float = Field(description="weighted R² of the linear surrogate on the scored masks")
+    samples: int = Field(description="masks scored, the unperturbed prompt included")
+    planned_samples: int
+    complete: bool = Field(description="False when the time budget stopped scoring early")
+    surrogate_nll: float = Field(description="mean negative log-likelihood per token of the response "
+                                 "under the surrogate; high values warn that the surrogate finds it unlikely")
+    notes: list[str] = Field(default_factory=list)
+
+
+class Cost(BaseModel):
+    closed_model_calls: int = 0
+    surrogate_forward_passes: int = 0
+    tokens_scored: int = 0
+    cached_samples: int = Field(0, description="masks whose scores came from the score cache")
+    seconds: float = 0.0
+    closed_model_usage: dict[str, float] = Field(default_factory=dict)
+
+
+class SurrogateInfo(BaseModel):
+    name: str
+    dtype: str
+    device: str
+    chat_template: bool
+
+
+class Explanation(BaseModel):
+    """The result of `ropelime.explain`: JSON is its `model_dump`."""
+
+    id: str
+    prompt: str
+    system: str | None = None
+    explain_start: int = Field(description="start of the explainable part in the prompt")
+    explain_end: int
+    response: str
+    response_source: Literal["given", "closed_model"]
+    closed_model: str | None = None
+    features: list[FeatureScore]
+    config: ExplainConfig
+    diagnostics: Diagnostics
+    cost: Cost
+    surrogate: SurrogateInfo
+    provenance: dict[str, str] = Field(default_factory=dict)
+
+    def top(self, k: int = 5, direction: Literal["supporting", "opposing", "both"] = "supporting") -> list[FeatureScore]:
+        """The k features with the strongest support (or opposition, or either)."""
+        if direction == "supporting":
+            ordered = sorted(self.features, key=lambda f: -f.score)
+        elif direction == "opposing":
+            ordered = sorted(self.features, key=lambda f: f.score)
+        else:
+            ordered = sorted(self.features, key=lambda f: -abs(f.score))
+        return ordered[:k]

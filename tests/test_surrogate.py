@@ -1,0 +1,84 @@
+"""The scoring path on a tiny random-weight RoPE model: batching, padding, positions, refusal of non-RoPE models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ropelime.surrogate import Surrogate, SurrogateError
+from tests.conftest import build_tiny_model
+
+PROMPT = "Context: The sky is blue. Paris is the capital of France. Cats sleep a lot. Question: capital of France?"
+SPANS = [(9, 26), (26, 58), (58, 76)]
+
+
+def test_batched_scores_equal_one_at_a_time(tiny_surrogate):
+    encoded = tiny_surrogate.encode_prompt(PROMPT, None, SPANS)
+    response = tiny_surrogate.encode_response("Paris is the capital.")
+    ids = np.array(encoded.ids)
+    # prompts of different lengths, so the batch is left-padded
+    prefixes = [encoded.ids] + [ids[encoded.token_feature != j].tolist() for j in range(3)] + [encoded.ids[:4]]
+    assert len({len(p) for p in prefixes}) > 2
+    reference = tiny_surrogate.reference(encoded.ids, response)
+    batched = {}
+    for rows, scores in tiny_surrogate.iter_scores(prefixes, response, reference=reference):
+        batched.update(zip(rows, scores))
+    assert sorted(batched) == list(range(len(prefixes)))
+    for i, prefix in enumerate(prefixes):
+        (_, [alone]), = list(tiny_surrogate.iter_scores([prefix], response, reference=reference))
+        np.testing.assert_allclose(batched[i].logp, alone.logp, atol=1e-4)
+        np.testing.assert_allclose(batched[i].kl, alone.kl, atol=1e-4)
+    # the unperturbed prompt matches its own reference: zero divergence
+    np.testing.assert_allclose(batched[0].kl, 0, atol=1e-5)
+    np.testing.assert_allclose(batched[0].js, 0, atol=1e-5)
+    assert np.all(batched[1].js <= np.log(2) + 1e-6)
+
+
+def test_scores_match_a_plain_full_logits_forward(tiny_surrogate):
+    encoded = tiny_surrogate.encode_prompt(PROMPT, None, SPANS)
+    response = tiny_surrogate.encode_response("Paris")
+    (_, [scores]), = list(tiny_surrogate.iter_scores([encoded.ids], response))
+    with torch.no_grad():
+        logits = tiny_surrogate.model(torch.tensor([encoded.ids + response])).logits[0]
+    logp = torch.log_softmax(logits, -1)
+    expected = [logp[len(encoded.ids) - 1 + t, tok].item() for t, tok in enumerate(response)]
+    np.testing.assert_allclose(scores.logp, expected, atol=1e-5)
+
+
+def test_tokens_map_to_the_feature_holding_them(tiny_surrogate):
+    encoded = tiny_surrogate.encode_prompt(PROMPT, None, SPANS)
+    pieces = {j: tiny_surrogate.tokenizer.decode([t for t, f in zip(encoded.ids, encoded.token_feature) if f == j])
+              for j in range(3)}
+    assert "Paris" in pieces[1] and "sky" in pieces[0] and "Cats" in pieces[2]
+    fixed = tiny_surrogate.tokenizer.decode([t for t, f in zip(encoded.ids, encoded.token_feature) if f < 0])
+    assert "Question" in fixed and "Paris" not in fixed
+
+
+def test_rope_vectors_rotate_with_position(tiny_surrogate):
+    ids = tiny_surrogate.tokenizer.encode("Paris Paris", add_special_tokens=False)
+    vectors = tiny_surrogate.rope_vectors(ids)
+    raw = tiny_surrogate.model.get_input_embeddings()(torch.tensor(ids))
+    # position 0 is not rotated; norms are kept by a rotation
+    torch.testing.assert_close(vectors[0], raw[0])
+    torch.testing.assert_close(vectors.norm(dim=-1), raw.norm(dim=-1))
+    if ids[0] == ids[-1]:
+        assert not torch.allclose(vectors[0], vectors[-1])
+
+
+def test_model_without_rotary_embeddings_is_refused(tmp_path):
+    path = build_tiny_model(tmp_path / "gpt2", rope=False)
+    with pytest.raises(SurrogateError, match="rotary"):
+        Surrogate.load(str(path))
+
+
+def test_unknown_surrogate_says_what_to_give():
+    with pytest.raises(SurrogateError, match="model directory"):
+        Surrogate.load("no-such-model")
+    with pytest.raises(SurrogateError, match="does not exist"):
+        Surrogate.load("missing.gguf")
+
+
+def test_empty_response_is_refused(tiny_surrogate):
+    with pytest.raises(SurrogateError, match="empty"):
+        tiny_surrogate.encode_response("")
