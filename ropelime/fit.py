@@ -47,6 +47,13 @@ def _solve(x: np.ndarray, y: np.ndarray, w: np.ndarray, solver: Solver, alpha: f
     return float(model.intercept_), np.asarray(model.coef_, dtype=np.float64)
 
 
+def _lasso_alpha_max(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    """The smallest lasso alpha at which every coefficient is zero (weighted, with intercept)."""
+    xc = x - np.average(x, axis=0, weights=w)
+    yc = y - np.average(y, weights=w)
+    return float(np.max(np.abs((w * yc) @ xc)) / w.sum())
+
+
 def weighted_r2(y: np.ndarray, predicted: np.ndarray, w: np.ndarray) -> float:
     """1 - weighted residual / weighted total sum of squares (0 when y is constant)."""
     mean = np.average(y, weights=w)
@@ -69,8 +76,8 @@ def fit_linear(
 ) -> LinearFit:
     """Fit with intercept; intervals are percentile bootstrap over the scored masks.
 
-    Lasso that zeroes every coefficient is retried with a 10x smaller alpha (up to three times)
-    and says so in `notes`, so it never returns a silent all-zero attribution.
+    Lasso that zeroes every coefficient is refitted at a tenth of the smallest all-zero alpha and
+    says so in `notes`, so it never returns a silent all-zero attribution.
     """
     x = masks.astype(np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -79,11 +86,9 @@ def fit_linear(
     alpha = DEFAULT_ALPHA[solver] if alpha is None else alpha
     notes: list[str] = []
     intercept, coef = _solve(x, y, w, solver, alpha)
-    for _ in range(3):
-        if solver != "lasso" or np.any(coef != 0) or np.ptp(y) == 0:
-            break
-        alpha /= 10
-        notes.append(f"lasso zeroed every feature; alpha lowered to {alpha:g}")
+    if solver == "lasso" and not np.any(coef) and np.ptp(y) > 0:
+        alpha = _lasso_alpha_max(x, y, w) / 10
+        notes.append(f"lasso zeroed every feature; alpha lowered to {alpha:.3g}")
         intercept, coef = _solve(x, y, w, solver, alpha)
 
     rng = np.random.default_rng(seed)

@@ -20,7 +20,7 @@ def rwmd(a: torch.Tensor, b: torch.Tensor) -> float:
     averages of nearest-neighbour distances. 0 for identical sets."""
     if len(a) == 0 or len(b) == 0:
         return 0.0 if len(a) == len(b) else float("inf")
-    cost = torch.cdist(a.unsqueeze(0), b.unsqueeze(0)).squeeze(0)
+    cost = torch.cdist(a.unsqueeze(0), b.unsqueeze(0), compute_mode="donot_use_mm_for_euclid_dist").squeeze(0)
     return float(max(cost.min(dim=1).values.mean(), cost.min(dim=0).values.mean()))
 
 

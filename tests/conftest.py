@@ -72,3 +72,16 @@ def embedded_surrogate():
 def _isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own empty cache directory (scores, fixed outputs)."""
     monkeypatch.setenv("ROPELIME_CACHE_DIR", str(tmp_path / "cache"))
+
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def hotpotqa_items() -> list[dict]:
+    import json
+
+    path = DATA / "hotpotqa_dev.jsonl"
+    if not path.exists():
+        pytest.skip(f"dev data not found at {path}")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -26,7 +26,9 @@ def test_rwmd_rope_grows_with_removed_content(tiny_surrogate):
     base = tiny_surrogate.rope_vectors(encoded.ids, encoded.prompt_tokens)
     distances = []
     for removed in range(4):
-        mask = np.arange(4) >= removed  # remove the first `removed` features
+        # remove the last `removed` features: nested masks, no token before them moves, so every
+        # removed token loses its exact match and the nearest-neighbour costs can only grow
+        mask = np.arange(4) < 4 - removed
         ids, keep = perturb_tokens(encoded, mask, "delete", tiny_surrogate.placeholder_id)
         distances.append(rwmd(base, tiny_surrogate.rope_vectors(ids, keep)))
     assert distances[0] == 0.0

@@ -1,0 +1,187 @@
+"""Perturbation masks: rows of a (n, d) bool array, True = feature kept.
+
+The unperturbed all-ones mask is never returned (the caller scores it anyway), rows are distinct,
+and the result depends only on the arguments (numpy `default_rng(seed)`).
+
+- `loo`: the d singletons, row i removes feature i; `budget` does not apply.
+- `bernoulli`: every feature kept with probability 0.5; `budget` distinct masks (all of them
+  when fewer exist).
+- `sparse_k`: every mask removes a few features: 1..K, K = `k` or `default_k(d)`, capped at d - 1
+  (so some feature is always kept, unless d = 1), sizes drawn from `SIZE_DISTRIBUTION`. Each mask
+  is built greedily: repeatedly take the feature removed least often so far, ties broken by the
+  fewest co-removals with the features already taken, then at random; the last feature is the best
+  one that does not repeat an earlier mask. So removal counts differ by at most one (unless
+  avoiding duplicates forces another choice: small d, or a size nearly used up) and pairs spread
+  evenly. With a budget of at least 2d the first d rows are the singletons in order and the others
+  remove two or more features. Returns min(budget, number of possible masks) rows; when every
+  possible mask fits in the budget, all of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from ropelime.schema import Sampler
+
+DEFAULT_K_FRACTION = 0.25
+"""sparse_k with k=None: K = ceil(d * DEFAULT_K_FRACTION), at least 1 (provisional: to be measured)."""
+
+GREEDY_TRIES = 4
+"""Greedy constructions (fresh random tie-breaks) before a duplicate mask falls back."""
+
+ENUMERATE_LIMIT = 50_000
+"""Fallback: largest number of same-size masks searched exhaustively for an unused one."""
+
+RANDOM_TRIES = 64
+"""Fallback above that limit: random masks of the size tried for an unused one."""
+
+
+def uniform_sizes(k: int) -> np.ndarray:
+    """Probability of removing 1..k features: uniform."""
+    return np.full(k, 1.0 / k)
+
+
+SIZE_DISTRIBUTION = uniform_sizes
+"""sparse_k: maps K to the probabilities of sizes 1..K (provisional: to be measured)."""
+
+
+def default_k(d: int) -> int:
+    """sparse_k's K when none is given."""
+    return max(1, math.ceil(d * DEFAULT_K_FRACTION))
+
+
+def sample_masks(d: int, sampler: Sampler, budget: int, *, k: int | None = None, seed: int = 0) -> np.ndarray:
+    """Masks to score besides the unperturbed prompt: a (n, d) bool array, True = kept.
+
+    `k` applies to sparse_k only; `budget` to sparse_k and bernoulli (loo always gives d rows).
+    """
+    if d <= 0:
+        raise ValueError(f"no features to perturb (d={d}); the explainable text must hold at least one feature.")
+    if budget <= 0:
+        raise ValueError(f"budget must be a positive number of masks, got {budget}.")
+    if k is not None and k < 1:
+        raise ValueError(f"k (most features removed per mask) must be at least 1, got {k}.")
+    rng = np.random.default_rng(seed)
+    if sampler == "loo":
+        return ~np.eye(d, dtype=bool)
+    if sampler == "bernoulli":
+        return _bernoulli(d, budget, rng)
+    if sampler == "sparse_k":
+        return _sparse_k(d, budget, default_k(d) if k is None else k, rng)
+    raise ValueError(f"unknown sampler {sampler!r}; use sparse_k, loo or bernoulli.")
+
+
+def _bernoulli(d: int, budget: int, rng: np.random.Generator) -> np.ndarray:
+    if d < 63 and 2**d - 1 <= budget:
+        codes = rng.permutation(np.arange(2**d - 1))  # every mask but all-ones, in random order
+        return (codes[:, None] >> np.arange(d)) & 1 == 1
+    rows: dict[bytes, np.ndarray] = {}
+    while len(rows) < budget:
+        for row in rng.random((budget, d)) < 0.5:
+            if not row.all():
+                rows.setdefault(row.tobytes(), row)
+                if len(rows) == budget:
+                    break
+    return np.array(list(rows.values()), dtype=bool)
+
+
+def _sparse_k(d: int, budget: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    k = min(k, max(d - 1, 1))
+    possible = sum(math.comb(d, s) for s in range(1, k + 1))
+    if possible <= budget:
+        return _all_sparse(d, k, rng)
+    singletons = budget >= 2 * d
+    sizes = np.arange(2 if singletons else 1, k + 1)
+    weights = SIZE_DISTRIBUTION(k)[sizes - 1]
+    weights = weights / weights.sum()
+    unused = {int(s): math.comb(d, int(s)) for s in sizes}  # masks of each size not yet taken
+    masks = list(~np.eye(d, dtype=bool)) if singletons else []
+    seen = {(i,) for i in range(d)} if singletons else set()
+    counts = np.full(d, 1.0 if singletons else 0.0)
+    pairs = np.zeros((d, d))  # co-removal counts (the diagonal holds the removal counts)
+    while len(masks) < budget:
+        size = int(rng.choice(sizes, p=weights))
+        chosen = _new_mask(size, unused, counts, pairs, seen, rng)
+        if chosen is None:
+            break
+        seen.add(chosen)
+        idx = np.array(chosen)
+        counts[idx] += 1
+        pairs[np.ix_(idx, idx)] += 1
+        row = np.ones(d, dtype=bool)
+        row[idx] = False
+        masks.append(row)
+        unused[len(chosen)] -= 1
+        if unused[len(chosen)] == 0:  # size exhausted: draw among the other sizes from now on
+            weights = np.where(sizes == len(chosen), 0.0, weights)
+            weights = weights / weights.sum()
+    return np.array(masks, dtype=bool).reshape(-1, d)
+
+
+def _new_mask(size: int, unused: dict[int, int], counts: np.ndarray, pairs: np.ndarray,
+              seen: set[tuple[int, ...]], rng: np.random.Generator) -> tuple[int, ...] | None:
+    """Sorted indices of the features a new, unused mask removes; None when none can be found."""
+    for _ in range(GREEDY_TRIES):
+        chosen = _greedy(size, counts, pairs, seen, rng)
+        if chosen is not None:
+            return chosen
+    others = [s for s, n in unused.items() if n > 0 and s != size]
+    for s in [size, *rng.permutation(others).tolist()]:
+        chosen = _fallback(int(s), counts, pairs, seen, rng)
+        if chosen is not None:
+            return chosen
+    return None
+
+
+def _greedy(size: int, counts: np.ndarray, pairs: np.ndarray, seen: set[tuple[int, ...]],
+            rng: np.random.Generator) -> tuple[int, ...] | None:
+    """Take `size` features: fewest removals, then fewest co-removals with those taken, then random.
+
+    The last feature is the best one that makes the mask unused; None if there is none.
+    """
+    scale = pairs.max() * size + 1  # co-removal sums stay below this: counts dominate
+    key = counts * scale + rng.random(len(counts))
+    chosen = []
+    for _ in range(size - 1):
+        i = int(np.argmin(key))
+        chosen.append(i)
+        key += pairs[i]
+        key[i] = np.inf
+    for i in np.argsort(key)[:len(key) - len(chosen)].tolist():
+        mask = tuple(sorted([*chosen, i]))
+        if mask not in seen:
+            return mask
+    return None
+
+
+def _fallback(size: int, counts: np.ndarray, pairs: np.ndarray, seen: set[tuple[int, ...]],
+              rng: np.random.Generator) -> tuple[int, ...] | None:
+    """An unused mask of `size` removed features, as balanced as a search can find; None if none."""
+    d = len(counts)
+    if math.comb(d, size) <= ENUMERATE_LIMIT:
+        unused = [c for c in itertools.combinations(range(d), size) if c not in seen]
+        if not unused:
+            return None
+        idx = np.array(unused)
+        cost = (counts[idx].sum(axis=1) * (pairs.max() * size * size + 1)
+                + pairs[idx[:, :, None], idx[:, None, :]].sum(axis=(1, 2)) + rng.random(len(idx)))
+        return unused[int(np.argmin(cost))]
+    for _ in range(RANDOM_TRIES):
+        chosen = tuple(sorted(rng.choice(d, size, replace=False).tolist()))
+        if chosen not in seen:
+            return chosen
+    return None
+
+
+def _all_sparse(d: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Every mask removing 1..k features: the singletons in order, then each larger size shuffled."""
+    masks = [~np.eye(d, dtype=bool)]
+    for s in range(2, k + 1):
+        idx = np.array(list(itertools.combinations(range(d), s)))
+        rows = np.ones((len(idx), d), dtype=bool)
+        rows[np.arange(len(idx))[:, None], idx] = False
+        masks.append(rows[rng.permutation(len(rows))])
+    return np.vstack(masks)

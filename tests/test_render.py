@@ -1,0 +1,146 @@
+"""Rendering of a hand-built Explanation: terminal heat map and table, HTML page, PNG chart."""
+
+from __future__ import annotations
+
+import html
+from html.parser import HTMLParser
+
+import pytest
+from rich.console import Console
+
+from ropelime.render import heatmap_text, ink_rgb, plot_scores, print_explanation, score_rgb, to_html, top_table
+from ropelime.schema import Cost, Diagnostics, ExplainConfig, Explanation, FeatureScore, SurrogateInfo
+
+PROMPT = ('Answer briefly.\n\nContext: The <b>bridge</b> was designed by Mara Tollet & "friends".\n'
+          "Tolls are $x^{ or $5 on the Oster River.\nLocal fishermen like trout.\n\nQuestion: Who designed it?")
+SENTENCES = [  # (text, score, ci_low, ci_high)
+    ('The <b>bridge</b> was designed by Mara Tollet & "friends".', 2.5, 1.1, 3.9),
+    ("Tolls are $x^{ or $5 on the Oster River.", -0.8, -1.5, -0.1),
+    ("Local fishermen like trout.", 0.05, -0.4, 0.5),
+]
+
+
+@pytest.fixture
+def explanation() -> Explanation:
+    features = []
+    for index, (text, score, low, high) in enumerate(SENTENCES):
+        start = PROMPT.index(text)
+        features.append(dict(index=index, text=text, start=start, end=start + len(text), score=score,
+                             ci_low=low, ci_high=high))
+    for rank, feature in enumerate(sorted(features, key=lambda f: -f["score"]), start=1):
+        feature["rank"] = rank
+    first = features[0]["start"]
+    return Explanation(
+        id="test-1", prompt=PROMPT, explain_start=first, explain_end=features[-1]["end"],
+        response="Mara Tollet designed the bridge.", response_source="given",
+        features=[FeatureScore(**f) for f in features], config=ExplainConfig(),
+        diagnostics=Diagnostics(r2=0.91, samples=33, planned_samples=64, complete=False, surrogate_nll=1.7,
+                                notes=["time budget reached after 33 of 64 samples"]),
+        cost=Cost(surrogate_forward_passes=33, tokens_scored=900, seconds=4.2),
+        surrogate=SurrogateInfo(name="tiny", dtype="float32", device="cpu", chat_template=False),
+    )
+
+
+def _feature_styles(text) -> dict[str, object]:
+    """Map each styled piece of a rich Text to its style."""
+    return {text.plain[span.start:span.end]: span.style for span in text.spans}
+
+
+def test_score_colours_diverge_and_stay_readable():
+    assert score_rgb(0.0, 1.0) == (255, 255, 255)
+    assert score_rgb(0.3, 0.0) == (255, 255, 255)
+    red, green, blue = score_rgb(1.0, 1.0)
+    assert red > blue
+    red, green, blue = score_rgb(-1.0, 1.0)
+    assert blue > red
+    assert ink_rgb(score_rgb(0.1, 1.0)) == (0, 0, 0)
+    assert ink_rgb(score_rgb(1.0, 1.0)) == (255, 255, 255)
+    assert ink_rgb(score_rgb(-1.0, 1.0)) == (255, 255, 255)
+
+
+def test_heatmap_keeps_the_prompt_and_colours_by_sign(explanation):
+    text = heatmap_text(explanation)
+    assert text.plain == PROMPT
+    styles = _feature_styles(text)
+    support = styles[SENTENCES[0][0]].bgcolor.get_truecolor()
+    oppose = styles[SENTENCES[1][0]].bgcolor.get_truecolor()
+    assert support.red > support.blue
+    assert oppose.blue > oppose.red
+    faint = styles[SENTENCES[2][0]].bgcolor.get_truecolor()
+    assert min(faint) > min(support)  # weak score, lighter background
+    assert styles["Answer briefly.\n\nContext: "] == "dim"
+
+
+def test_top_table_orders_by_magnitude(explanation):
+    table = top_table(explanation, k=2)
+    assert table.row_count == 2
+    texts = [str(cell) for cell in table.columns[1].cells]
+    assert texts[0].startswith("The <b>bridge</b>")
+    assert texts[1] == SENTENCES[1][0]
+    assert [str(cell) for cell in table.columns[4].cells] == ["*", "*"]
+
+
+class _BalanceChecker(HTMLParser):
+    """Fails on unbalanced tags; records text."""
+
+    VOID = {"meta", "br", "hr", "img", "link", "input"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, (tag, self.stack)
+        self.stack.pop()
+
+
+def test_html_is_escaped_complete_and_well_formed(explanation):
+    page = to_html(explanation)
+    assert "<b>" not in page and "<script" not in page
+    for text, score, low, high in SENTENCES:
+        assert html.escape(text, quote=True) in page
+        assert f"{score:+.3g}" in page
+    assert "white-space: pre-wrap" in page
+    assert "http" not in page  # no external resources
+    assert html.escape(explanation.response) in page
+    assert "time budget reached" in page
+    checker = _BalanceChecker()
+    checker.feed(page)
+    checker.close()
+    assert checker.stack == []
+    assert checker.tags.count("span") >= len(SENTENCES)
+
+
+def test_html_escapes_script_in_prompt(explanation):
+    hostile = explanation.model_copy(update={"prompt": "<script>alert(1)</script>" + PROMPT})
+    assert "<script>" not in to_html(hostile)
+
+
+@pytest.mark.parametrize("k", [2, 15])
+def test_plot_writes_png(explanation, tmp_path, k):
+    path = plot_scores(explanation, tmp_path / "scores.png", k=k)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_features_still_renders(explanation, tmp_path):
+    empty = explanation.model_copy(update={"features": []})
+    assert heatmap_text(empty).plain == PROMPT
+    assert top_table(empty).row_count == 0
+    assert "<table>" in to_html(empty)
+    assert plot_scores(empty, tmp_path / "empty.png").stat().st_size > 0
+
+
+def test_print_explanation(explanation):
+    console = Console(record=True, width=100)
+    print_explanation(explanation, console)
+    output = console.export_text()
+    assert "Mara Tollet designed the bridge." in output
+    assert "The <b>bridge</b> was designed" in output
+    assert "partial" in output and "33/64 samples" in output
+    assert "time budget reached" in output
