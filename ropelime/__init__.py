@@ -5,8 +5,8 @@
     result.top(3)
 """
 
-from ropelime.explain import Cancelled, explain, load_surrogate
+from ropelime.explain import Cancelled, explain, load_surrogate, refit
 from ropelime.schema import Explanation, ExplainConfig, FeatureScore
 from ropelime.surrogate import Surrogate
 
-__all__ = ["Cancelled", "ExplainConfig", "Explanation", "FeatureScore", "Surrogate", "explain", "load_surrogate"]
+__all__ = ["Cancelled", "ExplainConfig", "Explanation", "FeatureScore", "Surrogate", "explain", "load_surrogate", "refit"]

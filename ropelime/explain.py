@@ -60,12 +60,16 @@ def explain(
     should_stop: Callable[[], bool] | None = None,
     closed_timeout: float = 60.0,
     api_base: str | None = None,
+    output_span: str | None = None,
+    cached_only: bool = False,
     **options,
 ) -> Explanation:
     """Explain which parts of `prompt` support `response` (or `model`'s answer to it).
 
     `explain` is the substring to attribute (default: the whole prompt); method options go in
-    `config` or as keyword arguments (see `ExplainConfig`).
+    `config` or as keyword arguments (see `ExplainConfig`). `output_span` (a substring of the
+    response) attributes only that part of the answer. `cached_only` fits on the scores already in
+    the cache and runs no surrogate pass.
     """
     started = time.perf_counter()
     config = (config or ExplainConfig()).model_copy(update=options)
@@ -91,13 +95,14 @@ def explain(
     if not isinstance(surrogate, Surrogate):
         surrogate = load_surrogate(surrogate)
     cache = cache or default_cache()
+    positions = output_positions(surrogate, response, output_span)
 
     scored = score_masks(prompt, system, response, features_spans=[(f.start, f.end) for f in features],
                          config=config, surrogate=surrogate, cache=cache, progress=progress,
-                         should_stop=should_stop, started=started, cost=cost)
+                         should_stop=should_stop, started=started, cost=cost, cached_only=cached_only)
     masks, rows, distances, planned, encoded = scored
     d = len(features)
-    y = target_vector(rows, config.target)
+    y = target_vector(rows, config.target, positions)
     weights = kernel_weights(config.kernel, masks, width=config.kernel_width, rwmd_distances=distances)
     fit = fit_linear(masks, y, weights, solver=config.solver, alpha=config.alpha, seed=config.seed)
     sign = SUPPORT_SIGN[config.target]
@@ -113,16 +118,17 @@ def explain(
     complete = len(rows) == planned
     if not complete:
         notes.append(f"time budget reached after {len(rows)} of {planned} samples; call again to continue")
-    base_nll = float(-rows[0].logp.mean())
+    base_nll = float(-rows[0].logp[positions].mean())
     cost.seconds = round(time.perf_counter() - started, 3)
     return Explanation(
-        id=explanation_id(prompt, system, span, response, config, surrogate.name),
+        id=explanation_id(prompt, system, span, response, config, surrogate.name, output_span),
         prompt=prompt,
         system=system,
         explain_start=span[0],
         explain_end=span[1],
         response=response,
         response_source=source,
+        output_span=output_span,
         closed_model=model if source == "closed_model" else None,
         features=[
             FeatureScore(**f.model_dump(), score=float(scores[i]), ci_low=float(low[i]), ci_high=float(high[i]),
@@ -145,10 +151,36 @@ def sorted_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def explanation_id(prompt: str, system: str | None, span: tuple[int, int], response: str,
-                   config: ExplainConfig, surrogate_name: str) -> str:
+                   config: ExplainConfig, surrogate_name: str, output_span: str | None = None) -> str:
     """Content hash of the inputs and method (the time budget does not change the result's identity)."""
     method = config.model_dump(exclude={"time_budget_s"})
-    return digest(prompt, system, span, response, sorted(method.items()), surrogate_name)[:16]
+    parts = [prompt, system, span, response, sorted(method.items()), surrogate_name]
+    return digest(*parts, *([output_span] if output_span is not None else []))[:16]
+
+
+def output_positions(surrogate: Surrogate, response: str, output_span: str | None) -> slice | np.ndarray:
+    """The response token positions the target covers: all, or those overlapping `output_span`."""
+    if output_span is None:
+        return slice(None)
+    start = response.find(output_span) if output_span.strip() else -1
+    if start < 0:
+        raise InputError(f"output_span {output_span[:60]!r} is not a substring of the response; "
+                         "copy a part of the response exactly, or leave it out to explain the whole response.")
+    positions = surrogate.response_positions(response, start, start + len(output_span))
+    if not len(positions):
+        raise InputError("output_span covers no token of the response; give a longer part of the response.")
+    return positions
+
+
+def refit(explanation: Explanation, output_span: str | None, *, surrogate: Surrogate | str | None = None,
+          cache: ScoreCache | None = None) -> Explanation:
+    """Attribute only `output_span` of an explanation's response from its cached scores: no surrogate pass."""
+    span_text = explanation.prompt[explanation.explain_start:explanation.explain_end]
+    result = explain(explanation.prompt, explanation.response, system=explanation.system, explain=span_text,
+                     config=explanation.config, surrogate=surrogate or explanation.surrogate.name, cache=cache,
+                     output_span=output_span, cached_only=True)
+    return result.model_copy(update={"response_source": explanation.response_source,
+                                     "closed_model": explanation.closed_model})
 
 
 def score_masks(
@@ -164,12 +196,14 @@ def score_masks(
     should_stop: Callable[[], bool] | None,
     started: float,
     cost: Cost,
+    cached_only: bool = False,
 ) -> tuple[np.ndarray, list[TokenScores], np.ndarray | None, int, EncodedPrompt]:
     """Score the unperturbed prompt and the sampled masks, chunk by chunk, through the cache.
 
     Returns the scored masks (unperturbed first), their scores, their RWMD distances (when the
     kernel needs them), the number of masks planned, and the encoded prompt. Scoring stops early
-    when the time budget is spent (at least one chunk is always scored).
+    when the time budget is spent (at least one chunk is always scored). With `cached_only`
+    nothing is scored: only cached masks are used.
     """
     d = len(features_spans)
     encoded = surrogate.encode_prompt(prompt, system, features_spans)
@@ -189,7 +223,10 @@ def score_masks(
     done = cost.cached_samples
     if progress:
         progress(done, len(masks))
-    todo = [i for i, r in enumerate(rows) if r is None]
+    todo = [] if cached_only else [i for i, r in enumerate(rows) if r is None]
+    if cached_only and rows[0] is None:
+        raise InputError("no cached scores for this explanation (the cache was cleared or the surrogate "
+                         "differs); run the explanation again.")
     for start in range(0, len(todo), CHUNK):
         if should_stop and should_stop():
             raise Cancelled(f"cancelled after {done} of {len(masks)} samples (scores kept in the cache)")

@@ -88,6 +88,7 @@ class Explanation(BaseModel):
     explain_end: int
     response: str
     response_source: Literal["given", "closed_model"]
+    output_span: str | None = Field(None, description="the part of the response attributed (None = all of it)")
     closed_model: str | None = None
     features: list[FeatureScore]
     config: ExplainConfig

@@ -198,6 +198,12 @@ class Surrogate:
             raise SurrogateError("the response is empty; give the text whose support you want explained.")
         return ids
 
+    def response_positions(self, response: str, start: int, end: int) -> np.ndarray:
+        """Indices of the response tokens whose characters overlap response[start:end]."""
+        encoding = self.tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
+        return np.array([t for t, (a, b) in enumerate(encoding["offset_mapping"]) if a < end and b > start],
+                        dtype=np.int64)
+
     # ---- scoring --------------------------------------------------------------------------
 
     @torch.inference_mode()

@@ -1,0 +1,125 @@
+"""The whole pipeline on the tiny random-weight RoPE model: shape of the result, cache reuse,
+anytime stopping and resuming, cancellation, and re-fitting a part of the response."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ropelime
+from ropelime.cache import ScoreCache
+from ropelime.errors import InputError
+
+CONTEXT = "The sky is blue. Paris is the capital of France. Cats sleep a lot. The bridge was designed by Mara."
+PROMPT = f"Context: {CONTEXT}\nQuestion: What is the capital of France?"
+RESPONSE = "Paris is the capital of France."
+
+
+@pytest.fixture
+def cache(tmp_path):
+    store = ScoreCache(tmp_path / "scores.sqlite")
+    yield store
+    store.close()
+
+
+def run(surrogate, cache, **options):
+    options.setdefault("granularity", "word")
+    options.setdefault("budget", 24)
+    return ropelime.explain(PROMPT, options.pop("response", RESPONSE), explain=CONTEXT, surrogate=surrogate,
+                            cache=cache, **options)
+
+
+def test_explanation_covers_the_explainable_part(tiny_surrogate, cache):
+    result = run(tiny_surrogate, cache)
+    words = CONTEXT.split()
+    assert [f.text.strip() for f in result.features] == words
+    for f in result.features:
+        assert PROMPT[f.start:f.end] == f.text
+        assert f.ci_low <= f.score <= f.ci_high
+        assert np.isfinite([f.score, f.ci_low, f.ci_high]).all()
+    assert sorted(f.rank for f in result.features) == list(range(1, len(words) + 1))
+    assert result.top(1)[0].rank == 1
+    assert result.explain_start == PROMPT.index(CONTEXT)
+    assert result.diagnostics.samples == result.diagnostics.planned_samples == 25
+    assert result.diagnostics.complete
+    assert result.cost.closed_model_calls == 0 and result.cost.surrogate_forward_passes > 0
+    assert result.cost.tokens_scored > 0
+    assert result.response_source == "given"
+    assert ropelime.Explanation.model_validate_json(result.model_dump_json()) == result
+
+
+def test_repeating_an_explanation_costs_no_surrogate_pass(tiny_surrogate, cache):
+    first = run(tiny_surrogate, cache)
+    again = run(tiny_surrogate, cache)
+    assert again.id == first.id
+    assert again.cost.surrogate_forward_passes == 0
+    assert again.cost.cached_samples == again.diagnostics.samples
+    assert [f.score for f in again.features] == [f.score for f in first.features]
+
+
+@pytest.mark.parametrize("option", [{"seed": 1}, {"sampler": "bernoulli"}, {"target": "kl"}, {"perturb": "placeholder"}])
+def test_the_id_changes_with_the_method(tiny_surrogate, cache, option):
+    assert run(tiny_surrogate, cache, **option).id != run(tiny_surrogate, cache).id
+
+
+def test_time_budget_gives_a_partial_result_that_resumes(tiny_surrogate, cache):
+    partial = run(tiny_surrogate, cache, budget=60, time_budget_s=1e-6)
+    assert not partial.diagnostics.complete
+    assert partial.diagnostics.samples < partial.diagnostics.planned_samples == 61
+    assert any("continue" in note for note in partial.diagnostics.notes)
+    resumed = run(tiny_surrogate, cache, budget=60)
+    assert resumed.id == partial.id and resumed.diagnostics.complete
+    assert resumed.cost.cached_samples == partial.diagnostics.samples
+
+
+def test_cancellation_keeps_what_was_scored(tiny_surrogate, cache):
+    calls = []
+
+    def stop_after_first_chunk() -> bool:
+        calls.append(1)
+        return len(calls) > 1
+
+    with pytest.raises(ropelime.Cancelled):
+        run(tiny_surrogate, cache, budget=60, should_stop=stop_after_first_chunk)
+    resumed = run(tiny_surrogate, cache, budget=60)
+    assert resumed.diagnostics.complete and resumed.cost.cached_samples > 0
+
+
+def test_refit_on_a_part_of_the_response_runs_no_pass(tiny_surrogate, cache):
+    whole = run(tiny_surrogate, cache)
+    part = ropelime.refit(whole, "France", surrogate=tiny_surrogate, cache=cache)
+    assert part.output_span == "France" and part.id != whole.id
+    assert part.cost.surrogate_forward_passes == 0
+    assert part.diagnostics.samples == whole.diagnostics.samples
+    assert [f.text for f in part.features] == [f.text for f in whole.features]
+    assert [f.score for f in part.features] != [f.score for f in whole.features]
+    with pytest.raises(InputError, match="not a substring of the response"):
+        ropelime.refit(whole, "London", surrogate=tiny_surrogate, cache=cache)
+
+
+def test_refit_without_cached_scores_says_to_run_again(tiny_surrogate, cache, tmp_path):
+    whole = run(tiny_surrogate, cache)
+    empty = ScoreCache(tmp_path / "empty.sqlite")
+    with pytest.raises(InputError, match="run the explanation again"):
+        ropelime.refit(whole, "Paris", surrogate=tiny_surrogate, cache=empty)
+    empty.close()
+
+
+@pytest.mark.parametrize("target", ["nll", "logit_prob", "kl", "js"])
+@pytest.mark.parametrize("kernel", ["rwmd_rope", "cosine", "uniform"])
+def test_every_target_and_kernel_gives_finite_scores(tiny_surrogate, cache, target, kernel):
+    result = run(tiny_surrogate, cache, granularity="sentence", target=target, kernel=kernel, budget=8)
+    assert len(result.features) == 4
+    assert all(np.isfinite(f.score) for f in result.features)
+    assert 0.0 <= result.diagnostics.r2 <= 1.0 + 1e-9  # ridge never fits worse than its intercept
+
+
+def test_bad_input_is_refused_with_advice(tiny_surrogate, cache):
+    with pytest.raises(InputError, match="prompt is empty"):
+        ropelime.explain("  ", RESPONSE, surrogate=tiny_surrogate, cache=cache)
+    with pytest.raises(InputError, match="response is empty"):
+        ropelime.explain(PROMPT, " ", surrogate=tiny_surrogate, cache=cache)
+    with pytest.raises(InputError, match="not a substring"):
+        ropelime.explain(PROMPT, RESPONSE, explain="Berlin", surrogate=tiny_surrogate, cache=cache)
+    with pytest.raises(InputError, match="response to explain, or a model"):
+        ropelime.explain(PROMPT, surrogate=tiny_surrogate, cache=cache)
