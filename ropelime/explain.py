@@ -97,11 +97,20 @@ def explain(
     cache = cache or default_cache()
     positions = output_positions(surrogate, response, output_span)
 
-    scored = score_masks(prompt, system, response, features_spans=[(f.start, f.end) for f in features],
-                         config=config, surrogate=surrogate, cache=cache, progress=progress,
-                         should_stop=should_stop, started=started, cost=cost, cached_only=cached_only)
-    masks, rows, distances, planned, encoded = scored
     d = len(features)
+    planned_masks = np.vstack([np.ones((1, d), dtype=bool),
+                               sample_masks(d, config.sampler, config.budget, k=config.k, seed=config.seed)])
+    encoded = surrogate.encode_prompt(prompt, system, [(f.start, f.end) for f in features])
+    scored, rows, perturbed = score_masks(
+        encoded, response, planned_masks, config=config, surrogate=surrogate, cache=cache, progress=progress,
+        should_stop=should_stop, deadline=None if config.time_budget_s is None else started + config.time_budget_s,
+        cost=cost, cached_only=cached_only)
+    if cached_only and (not scored or scored[0] != 0):
+        raise InputError("no cached scores for this explanation (the cache was cleared or the surrogate "
+                         "differs); run the explanation again.")
+    masks, planned = planned_masks[scored], len(planned_masks)
+    distances = rwmd_distances(surrogate, encoded, [perturbed[i] for i in scored]) \
+        if config.kernel == "rwmd_rope" else None
     y = target_vector(rows, config.target, positions)
     weights = kernel_weights(config.kernel, masks, width=config.kernel_width, rwmd_distances=distances)
     fit = fit_linear(masks, y, weights, solver=config.solver, alpha=config.alpha, seed=config.seed)
@@ -184,53 +193,43 @@ def refit(explanation: Explanation, output_span: str | None, *, surrogate: Surro
 
 
 def score_masks(
-    prompt: str,
-    system: str | None,
+    encoded: EncodedPrompt,
     response: str,
+    masks: np.ndarray,
     *,
-    features_spans: list[tuple[int, int]],
     config: ExplainConfig,
     surrogate: Surrogate,
     cache: ScoreCache,
-    progress: Progress | None,
-    should_stop: Callable[[], bool] | None,
-    started: float,
     cost: Cost,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    deadline: float | None = None,
     cached_only: bool = False,
-) -> tuple[np.ndarray, list[TokenScores], np.ndarray | None, int, EncodedPrompt]:
-    """Score the unperturbed prompt and the sampled masks, chunk by chunk, through the cache.
+) -> tuple[list[int], list[TokenScores], list[tuple[list[int], np.ndarray]]]:
+    """Score the response after the perturbed prompt of each mask, chunk by chunk, through the cache.
 
-    Returns the scored masks (unperturbed first), their scores, their RWMD distances (when the
-    kernel needs them), the number of masks planned, and the encoded prompt. Scoring stops early
-    when the time budget is spent (at least one chunk is always scored). With `cached_only`
-    nothing is scored: only cached masks are used.
+    Returns the indices of the scored masks (in order), their scores, and every mask's perturbed
+    token ids with the positions of its prompt tokens. Scoring stops at `deadline`
+    (`time.perf_counter()` seconds; at least one chunk is always scored); with `cached_only`
+    nothing is scored and only cached masks are returned. `cost` is updated in place.
     """
-    d = len(features_spans)
-    encoded = surrogate.encode_prompt(prompt, system, features_spans)
     response_ids = surrogate.encode_response(response)
-    masks = np.vstack([np.ones((1, d), dtype=bool),
-                       sample_masks(d, config.sampler, config.budget, k=config.k, seed=config.seed)])
     perturbed = [perturb_tokens(encoded, m, config.perturb, surrogate.placeholder_id) for m in masks]
     context = digest(surrogate.name, str(surrogate.dtype), encoded.ids, response_ids)
     keys = [digest(ids) for ids, _ in perturbed]
 
-    rows: list[TokenScores | None] = [None] * len(masks)
     cached = cache.get_many(context, keys)
-    for i, key in enumerate(keys):
-        rows[i] = cached.get(key)
-    cost.cached_samples = sum(r is not None for r in rows)
-    reference = None
-    done = cost.cached_samples
+    rows: list[TokenScores | None] = [cached.get(key) for key in keys]
+    cost.cached_samples += sum(r is not None for r in rows)
+    done = sum(r is not None for r in rows)
     if progress:
         progress(done, len(masks))
     todo = [] if cached_only else [i for i, r in enumerate(rows) if r is None]
-    if cached_only and rows[0] is None:
-        raise InputError("no cached scores for this explanation (the cache was cleared or the surrogate "
-                         "differs); run the explanation again.")
+    reference = None
     for start in range(0, len(todo), CHUNK):
         if should_stop and should_stop():
             raise Cancelled(f"cancelled after {done} of {len(masks)} samples (scores kept in the cache)")
-        if start > 0 and config.time_budget_s is not None and time.perf_counter() - started > config.time_budget_s:
+        if start > 0 and deadline is not None and time.perf_counter() > deadline:
             break
         chunk = todo[start:start + CHUNK]
         if reference is None:
@@ -249,10 +248,38 @@ def score_masks(
         done += len(chunk)
         if progress:
             progress(done, len(masks))
-
     scored = [i for i, r in enumerate(rows) if r is not None]
-    distances = None
-    if config.kernel == "rwmd_rope":
-        base = surrogate.rope_vectors(encoded.ids, encoded.prompt_tokens)
-        distances = np.array([rwmd(base, surrogate.rope_vectors(*perturbed[i])) for i in scored])
-    return masks[scored], [rows[i] for i in scored], distances, len(masks), encoded
+    return scored, [rows[i] for i in scored], perturbed
+
+
+def rwmd_distances(surrogate: Surrogate, encoded: EncodedPrompt,
+                   perturbed: list[tuple[list[int], np.ndarray]]) -> np.ndarray:
+    """RWMD in RoPE embedding space between the prompt's tokens and each perturbed prompt's tokens."""
+    base = surrogate.rope_vectors(encoded.ids, encoded.prompt_tokens)
+    return np.array([rwmd(base, surrogate.rope_vectors(ids, keep)) for ids, keep in perturbed])
+
+
+def mask_targets(
+    explanation: Explanation,
+    masks: np.ndarray,
+    *,
+    surrogate: Surrogate | str | None = None,
+    cache: ScoreCache | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[np.ndarray, Cost]:
+    """The target value of each mask (rows over the explanation's features, True = kept) under the
+    explanation's inputs and method, scored through the cache; and what that cost.
+
+    Positive support is `SUPPORT_SIGN[target] * value`. Used for faithfulness checks on held-out masks.
+    """
+    if not isinstance(surrogate, Surrogate):
+        surrogate = load_surrogate(surrogate or explanation.surrogate.name)
+    spans = [(f.start, f.end) for f in sorted(explanation.features, key=lambda f: f.index)]
+    masks = np.asarray(masks, dtype=bool).reshape(-1, len(spans))
+    started, cost = time.perf_counter(), Cost()
+    encoded = surrogate.encode_prompt(explanation.prompt, explanation.system, spans)
+    _, rows, _ = score_masks(encoded, explanation.response, masks, config=explanation.config,
+                             surrogate=surrogate, cache=cache or default_cache(), cost=cost, should_stop=should_stop)
+    positions = output_positions(surrogate, explanation.response, explanation.output_span)
+    cost.seconds = round(time.perf_counter() - started, 3)
+    return target_vector(rows, explanation.config.target, positions), cost

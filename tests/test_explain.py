@@ -123,3 +123,21 @@ def test_bad_input_is_refused_with_advice(tiny_surrogate, cache):
         ropelime.explain(PROMPT, RESPONSE, explain="Berlin", surrogate=tiny_surrogate, cache=cache)
     with pytest.raises(InputError, match="response to explain, or a model"):
         ropelime.explain(PROMPT, surrogate=tiny_surrogate, cache=cache)
+
+
+def test_faithfulness_on_held_out_masks(tiny_surrogate, cache):
+    from ropelime.faithfulness import evaluate_faithfulness, heldout_masks, removal_masks
+
+    result = run(tiny_surrogate, cache, sampler="bernoulli", budget=64, kernel="uniform")
+    report = evaluate_faithfulness(result, heldout=24, k=3, surrogate=tiny_surrogate, cache=cache)
+    assert report.heldout_masks == 24 and report.k == 3
+    assert report.lds > 0.2  # the linear model predicts the surrogate on masks it never saw
+    assert report.cost.surrogate_forward_passes > 0
+    again = evaluate_faithfulness(result, heldout=24, k=3, surrogate=tiny_surrogate, cache=cache)
+    assert again.cost.surrogate_forward_passes == 0 and again.lds == report.lds
+    d = len(result.features)
+    held = heldout_masks(d, 24)
+    assert len({row.tobytes() for row in held}) == 24
+    removal = removal_masks(result, 3, 4)
+    assert removal[0].all() and (~removal[1:]).sum(axis=1).tolist() == [3] * 5
+    assert set(np.flatnonzero(~removal[1])) == {f.index for f in result.top(3)}

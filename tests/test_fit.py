@@ -63,3 +63,4 @@ def test_weighted_r2():
     y = np.array([1.0, 2.0, 3.0])
     assert weighted_r2(y, y, np.ones(3)) == 1.0
     assert weighted_r2(y, np.full(3, 2.0), np.ones(3)) == 0.0
+
