@@ -18,7 +18,7 @@ from ropelime.kernels import kernel_weights, rwmd
 from ropelime.perturb import perturb_tokens
 from ropelime.samplers import sample_masks
 from ropelime.schema import Cost, Diagnostics, ExplainConfig, Explanation, FeatureScore, SurrogateInfo
-from ropelime.settings import cache_dir
+from ropelime.settings import Limits, cache_dir
 from ropelime.surrogate import EncodedPrompt, Surrogate, TokenScores
 from ropelime.targets import SUPPORT_SIGN, target_vector
 
@@ -62,6 +62,7 @@ def explain(
     api_base: str | None = None,
     output_span: str | None = None,
     cached_only: bool = False,
+    limits: Limits | None = None,
     **options,
 ) -> Explanation:
     """Explain which parts of `prompt` support `response` (or `model`'s answer to it).
@@ -69,11 +70,16 @@ def explain(
     `explain` is the substring to attribute (default: the whole prompt); method options go in
     `config` or as keyword arguments (see `ExplainConfig`). `output_span` (a substring of the
     response) attributes only that part of the answer. `cached_only` fits on the scores already in
-    the cache and runs no surrogate pass.
+    the cache and runs no surrogate pass. `limits` caps features and tokens (default: from the
+    environment, see `Limits`).
     """
     started = time.perf_counter()
     config = (config or ExplainConfig()).model_copy(update=options)
     config = ExplainConfig.model_validate(config.model_dump())
+    limits = limits or Limits.from_env()
+    for name, text in [("prompt", prompt), ("response", response), ("system prompt", system),
+                       ("text to explain", explain), ("output_span", output_span)]:
+        check_text(name, text)
     if not prompt or not prompt.strip():
         raise InputError("the prompt is empty: give the prompt whose answer you want explained.")
     cost = Cost()
@@ -91,7 +97,8 @@ def explain(
         raise InputError("the response is empty: give the text whose support you want explained.")
 
     span = find_explain_span(prompt, explain)
-    features = split_features(prompt, config.granularity, explain=span, segments=config.segments)
+    features = split_features(prompt, config.granularity, explain=span, segments=config.segments,
+                              max_features=limits.max_features)
     if not isinstance(surrogate, Surrogate):
         surrogate = load_surrogate(surrogate)
     cache = cache or default_cache()
@@ -101,6 +108,7 @@ def explain(
     planned_masks = np.vstack([np.ones((1, d), dtype=bool),
                                sample_masks(d, config.sampler, config.budget, k=config.k, seed=config.seed)])
     encoded = surrogate.encode_prompt(prompt, system, [(f.start, f.end) for f in features])
+    check_lengths(len(encoded.ids), len(surrogate.encode_response(response)), limits)
     scored, rows, perturbed = score_masks(
         encoded, response, planned_masks, config=config, surrogate=surrogate, cache=cache, progress=progress,
         should_stop=should_stop, deadline=None if config.time_budget_s is None else started + config.time_budget_s,
@@ -152,6 +160,27 @@ def explain(
         provenance={"ropelime": version("ropelime"), "torch": version("torch"),
                     "transformers": version("transformers"), "seed": str(config.seed)},
     )
+
+
+def check_text(name: str, text: str | None) -> None:
+    """Refuse text that is not valid Unicode (lone surrogates, e.g. from bytes decoded with errors)."""
+    if text is None:
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InputError(f"the {name} holds characters that are not valid Unicode (at position {error.start}); "
+                         "decode the text as UTF-8 (or replace the broken characters) and retry.") from None
+
+
+def check_lengths(prompt_tokens: int, response_tokens: int, limits: Limits) -> None:
+    """Refuse a rendered prompt or response longer than the caps, saying how to proceed."""
+    if prompt_tokens > limits.max_prompt_tokens:
+        raise InputError(f"the prompt is {prompt_tokens} surrogate tokens, over the cap of {limits.max_prompt_tokens}; "
+                         "shorten it, or raise ROPELIME_MAX_PROMPT_TOKENS (scoring time grows with its length).")
+    if response_tokens > limits.max_response_tokens:
+        raise InputError(f"the response is {response_tokens} surrogate tokens, over the cap of "
+                         f"{limits.max_response_tokens}; shorten it, or raise ROPELIME_MAX_RESPONSE_TOKENS.")
 
 
 def sorted_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -141,3 +141,32 @@ def test_faithfulness_on_held_out_masks(tiny_surrogate, cache):
     removal = removal_masks(result, 3, 4)
     assert removal[0].all() and (~removal[1:]).sum(axis=1).tolist() == [3] * 5
     assert set(np.flatnonzero(~removal[1])) == {f.index for f in result.top(3)}
+
+
+def test_caps_and_broken_text_are_refused_with_advice(tiny_surrogate, cache, monkeypatch):
+    from ropelime.settings import Limits
+
+    with pytest.raises(InputError, match="ROPELIME_MAX_PROMPT_TOKENS"):
+        run(tiny_surrogate, cache, limits=Limits(max_prompt_tokens=10))
+    with pytest.raises(InputError, match="ROPELIME_MAX_RESPONSE_TOKENS"):
+        run(tiny_surrogate, cache, limits=Limits(max_response_tokens=2))
+    with pytest.raises(InputError, match="exceed the limit of 5"):
+        run(tiny_surrogate, cache, limits=Limits(max_features=5))
+    monkeypatch.setenv("ROPELIME_MAX_FEATURES", "5")
+    with pytest.raises(InputError, match="exceed the limit of 5"):
+        run(tiny_surrogate, cache)
+    monkeypatch.setenv("ROPELIME_MAX_FEATURES", "many")
+    with pytest.raises(InputError, match="not a whole number"):
+        run(tiny_surrogate, cache)
+    monkeypatch.delenv("ROPELIME_MAX_FEATURES")
+    with pytest.raises(InputError, match="not valid Unicode"):
+        ropelime.explain(PROMPT + " \udcff", RESPONSE, surrogate=tiny_surrogate, cache=cache)
+    with pytest.raises(InputError, match="not valid Unicode"):
+        ropelime.explain(PROMPT, "Paris\ud800", surrogate=tiny_surrogate, cache=cache)
+
+
+def test_control_characters_and_one_huge_word_are_explained(tiny_surrogate, cache):
+    prompt = "Ctrl \x00\x07 chars.\tTabs \x1b[31m and escapes. " + "x" * 3000 + " end."
+    result = ropelime.explain(prompt, RESPONSE, surrogate=tiny_surrogate, cache=cache, granularity="word", budget=8)
+    assert "".join(f.text for f in result.features) == prompt
+    assert any(len(f.text) > 3000 for f in result.features)
