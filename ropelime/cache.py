@@ -12,6 +12,7 @@ import io
 import logging
 import sqlite3
 import threading
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def _unpack(blob: bytes) -> TokenScores:
 class ScoreCache:
     """A SQLite file of packed TokenScores; safe to share between threads and processes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
@@ -75,7 +77,7 @@ class ScoreCache:
                 for sequence, blob in rows:
                     try:
                         found[sequence] = _unpack(blob)
-                    except (ValueError, OSError, KeyError) as error:
+                    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as error:
                         log.warning("ignoring an unreadable cached score (%s); it will be recomputed", error)
         return found
 

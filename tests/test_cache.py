@@ -1,0 +1,71 @@
+"""The persistent score cache: round trips, survives a writer that dies mid-transaction, and
+treats a corrupt or truncated entry as a miss that the next explanation recomputes."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+import ropelime
+from ropelime.cache import ScoreCache
+from ropelime.surrogate import TokenScores
+
+PROMPT = "The sky is blue. Paris is the capital of France. Cats sleep a lot."
+RESPONSE = "Paris."
+
+
+def test_round_trip_with_and_without_divergences(tmp_path):
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    plain = TokenScores(np.array([-0.5, -1.25]))
+    full = TokenScores(np.array([-0.5]), np.array([0.1]), np.array([0.05]))
+    cache.put_many("ctx", {"a": plain, "b": full})
+    found = cache.get_many("ctx", ["a", "b", "missing"])
+    assert set(found) == {"a", "b"}
+    np.testing.assert_array_equal(found["a"].logp, plain.logp)
+    assert found["a"].kl is None
+    np.testing.assert_array_equal(found["b"].js, full.js)
+    assert cache.get_many("other context", ["a"]) == {}
+    cache.close()
+
+
+def test_a_writer_killed_mid_transaction_leaves_the_cache_whole(tmp_path):
+    path = tmp_path / "scores.sqlite"
+    cache = ScoreCache(path)
+    cache.put_many("ctx", {"kept": TokenScores(np.array([-1.0]))})
+    child = textwrap.dedent(f"""
+        import os, numpy as np
+        from ropelime.cache import ScoreCache, _pack
+        from ropelime.surrogate import TokenScores
+        cache = ScoreCache({str(path)!r})
+        cache._db.execute("BEGIN")
+        cache._db.execute("INSERT INTO scores VALUES ('ctx', 'lost', ?)", (_pack(TokenScores(np.array([-2.0]))),))
+        os._exit(9)  # dies before the commit
+    """)
+    assert subprocess.run([sys.executable, "-c", child], timeout=120).returncode == 9
+    found = cache.get_many("ctx", ["kept", "lost"])
+    assert set(found) == {"kept"}
+    cache.put_many("ctx", {"after": TokenScores(np.array([-3.0]))})
+    assert set(cache.get_many("ctx", ["kept", "after"])) == {"kept", "after"}
+    cache.close()
+
+
+def test_corrupt_entries_are_recomputed(tiny_surrogate, tmp_path, caplog):
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    first = ropelime.explain(PROMPT, RESPONSE, surrogate=tiny_surrogate, cache=cache, budget=6)
+    with sqlite3.connect(cache.path) as db:
+        rows = db.execute("SELECT rowid, value FROM scores").fetchall()
+        assert len(rows) == first.diagnostics.samples
+        db.execute("UPDATE scores SET value = ? WHERE rowid = ?", (rows[0][1][: len(rows[0][1]) // 2], rows[0][0]))
+        db.execute("UPDATE scores SET value = ? WHERE rowid = ?", (b"not a numpy archive", rows[1][0]))
+    again = ropelime.explain(PROMPT, RESPONSE, surrogate=tiny_surrogate, cache=cache, budget=6)
+    assert "unreadable cached score" in caplog.text
+    assert again.cost.cached_samples == first.diagnostics.samples - 2
+    assert again.cost.surrogate_forward_passes > 0
+    assert [f.score for f in again.features] == [f.score for f in first.features]
+    third = ropelime.explain(PROMPT, RESPONSE, surrogate=tiny_surrogate, cache=cache, budget=6)
+    assert third.cost.cached_samples == first.diagnostics.samples and third.cost.surrogate_forward_passes == 0
+    cache.close()
