@@ -82,19 +82,21 @@ def fit_linear(
     x = masks.astype(np.float64)
     y = np.asarray(y, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
+    w = np.where(w > 1e-12 * w.max(initial=0.0), w, 0.0)  # negligible weights (and denormals) count as none
     w = w / w.mean() if w.mean() > 0 else np.ones_like(w)
     alpha = DEFAULT_ALPHA[solver] if alpha is None else alpha
     notes: list[str] = []
     intercept, coef = _solve(x, y, w, solver, alpha)
-    if solver == "lasso" and not np.any(coef) and np.ptp(y) > 0:
+    if solver == "lasso" and not np.any(coef) and _lasso_alpha_max(x, y, w) > 0:
         alpha = _lasso_alpha_max(x, y, w) / 10
         notes.append(f"lasso zeroed every feature; alpha lowered to {alpha:.3g}")
         intercept, coef = _solve(x, y, w, solver, alpha)
 
     rng = np.random.default_rng(seed)
+    weighted = np.flatnonzero(w > 0)  # rows of zero weight change no fit: resample the others
     draws = np.empty((bootstrap, x.shape[1]))
     for b in range(bootstrap):
-        rows = rng.integers(0, len(y), len(y))
+        rows = rng.choice(weighted, len(weighted))
         draws[b] = _solve(x[rows], y[rows], w[rows], solver, alpha)[1]
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(draws, [tail, 100 - tail], axis=0)

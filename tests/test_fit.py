@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ropelime.fit import fit_linear, weighted_r2
 
@@ -64,3 +66,16 @@ def test_weighted_r2():
     assert weighted_r2(y, y, np.ones(3)) == 1.0
     assert weighted_r2(y, np.full(3, 2.0), np.ones(3)) == 0.0
 
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 12), d=st.integers(1, 6), solver=st.sampled_from(["ridge", "ols", "lasso"]), data=st.data())
+def test_fit_never_returns_nan(n, d, solver, data):
+    finite = st.floats(-1e6, 1e6, allow_nan=False)
+    masks = np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=d, max_size=d), min_size=n, max_size=n)))
+    y = np.array(data.draw(st.lists(finite, min_size=n, max_size=n)))
+    weights = np.array(data.draw(st.lists(st.floats(0, 1), min_size=n, max_size=n)))
+    fit = fit_linear(masks, y, weights, solver=solver, bootstrap=20)
+    for values in (fit.coef, fit.ci_low, fit.ci_high, [fit.intercept, fit.r2]):
+        assert np.all(np.isfinite(values))
+    assert np.all(fit.ci_low <= fit.coef) and np.all(fit.coef <= fit.ci_high)
