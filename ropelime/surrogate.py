@@ -3,6 +3,8 @@
 Scoring is teacher forcing: the surrogate reads its own chat template around a (perturbed) prompt,
 then the response tokens, and only the logits at the response positions are computed. Batches are
 left-padded so every row's response sits at the same final positions, with explicit position ids.
+Each perturbed prompt reuses the key/value cache of the unperturbed prompt up to its first changed
+token (`ropelime.prefix_cache`); identical prompts are scored once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from ropelime.errors import InputError
+from ropelime.prefix_cache import PrefixKV, batch_cache, layout, shared_length
 from ropelime.settings import cache_dir
 
 log = logging.getLogger(__name__)
@@ -112,6 +115,10 @@ class Surrogate:
             )
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
         self.placeholder_id = self._placeholder_id()
+        forward = inspect.signature(model.forward).parameters
+        self._cache_argument = "cache" if "cache" in forward else "past_key_values"
+        self._prefix: PrefixKV | None = None
+        """Keys and values of the last unperturbed prompt given to `reference`, reused by `iter_scores`."""
 
     @classmethod
     def load(cls, name: str | None = None, *, device: str | None = None) -> Surrogate:
@@ -208,8 +215,16 @@ class Surrogate:
 
     @torch.inference_mode()
     def reference(self, prefix: list[int], response: list[int]) -> torch.Tensor:
-        """Log-distributions over the vocabulary at each response position for one prompt (T, V)."""
-        logits = self._logits([prefix], response)
+        """Log-distributions over the vocabulary at each response position for one prompt (T, V).
+
+        The prompt's keys and values are kept: later `iter_scores` calls reuse them up to each
+        perturbed prompt's first changed token.
+        """
+        from transformers import DynamicCache
+
+        cache = DynamicCache()  # no config: every layer keeps all positions, also sliding-window ones
+        logits = self._forward([list(prefix) + response[:-1]], [0], None, len(response), cache)
+        self._prefix = PrefixKV.from_cache(prefix, cache)
         return torch.log_softmax(logits[0].float(), dim=-1)
 
     @torch.inference_mode()
@@ -223,24 +238,55 @@ class Surrogate:
     ) -> Iterator[tuple[list[int], list[TokenScores]]]:
         """Score the response after each prefix; yields (row indices, scores) batch by batch.
 
-        Rows are grouped by length so padding stays small; the caller may stop between batches.
+        Identical prefixes are scored once. Rows are grouped by the number of tokens they must
+        compute (after the reusable cached prefix) so padding stays small, with at most
+        `max_batch_tokens` new tokens per batch; the caller may stop between batches.
         """
-        order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, prefix in enumerate(prefixes):
+            groups.setdefault(tuple(prefix), []).append(i)
+        unique = [list(key) for key in groups]
+        cached = self._shared_prefix(unique)
+        reusable = [cached.reusable(p) if cached else 0 for p in unique]
+        work = [len(p) + len(response) - 1 - k for p, k in zip(unique, reusable)]
         batch: list[int] = []
-        for i in order:
-            width = len(prefixes[i]) + len(response)
-            if batch and width * (len(batch) + 1) > max_batch_tokens:
-                yield batch, self._score_batch([prefixes[j] for j in batch], response, reference)
+        for u in sorted(range(len(unique)), key=work.__getitem__):
+            if batch and work[u] * (len(batch) + 1) > max_batch_tokens:
+                yield self._yield_batch(batch, unique, groups, reusable, cached, response, reference)
                 batch = []
-            batch.append(i)
+            batch.append(u)
         if batch:
-            yield batch, self._score_batch([prefixes[j] for j in batch], response, reference)
+            yield self._yield_batch(batch, unique, groups, reusable, cached, response, reference)
 
-    def _score_batch(self, prefixes, response, reference) -> list[TokenScores]:
-        logits = self._logits(prefixes, response).float()
-        logprobs = torch.log_softmax(logits, dim=-1)
+    def _shared_prefix(self, prefixes: list[list[int]]) -> PrefixKV | None:
+        """The cached prefix to reuse: the last reference prompt, else the prefixes' common start."""
+        if self._prefix is not None and any(self._prefix.reusable(p) > 0 for p in prefixes):
+            return self._prefix
+        common = min((shared_length(prefixes[0], p) for p in prefixes), default=0)
+        common = min(common, min(len(p) for p in prefixes) - 1)
+        if common < 1 or len(prefixes) < 2:
+            return None
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        self._forward([prefixes[0][:common]], [0], None, 1, cache)
+        return PrefixKV.from_cache(prefixes[0][:common], cache)
+
+    def _yield_batch(self, batch, unique, groups, reusable, cached, response, reference):
+        logits = self._forward([unique[u] + response[:-1] for u in batch], [reusable[u] for u in batch],
+                               cached, len(response))
+        scores = self._token_scores(logits, response, reference)
+        rows, out = [], []
+        for u, row_scores in zip(batch, scores):
+            for i in groups[tuple(unique[u])]:
+                rows.append(i)
+                out.append(row_scores)
+        return rows, out
+
+    def _token_scores(self, logits: torch.Tensor, response: list[int], reference) -> list[TokenScores]:
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
         target = torch.tensor(response, device=logprobs.device)
-        token_logp = logprobs.gather(-1, target.expand(len(prefixes), -1).unsqueeze(-1)).squeeze(-1)
+        token_logp = logprobs.gather(-1, target.expand(len(logprobs), -1).unsqueeze(-1)).squeeze(-1)
         kl = js = None
         if reference is not None:
             ref = reference.unsqueeze(0)
@@ -249,7 +295,7 @@ class Surrogate:
             mix = torch.logaddexp(ref, logprobs) - np.log(2.0)
             js = 0.5 * (p_ref * (ref - mix)).sum(-1) + 0.5 * (logprobs.exp() * (logprobs - mix)).sum(-1)
         rows = []
-        for r in range(len(prefixes)):
+        for r in range(len(logprobs)):
             rows.append(TokenScores(
                 token_logp[r].double().cpu().numpy(),
                 None if kl is None else kl[r].double().cpu().numpy(),
@@ -257,23 +303,24 @@ class Surrogate:
             ))
         return rows
 
-    def _logits(self, prefixes: Sequence[list[int]], response: list[int]) -> torch.Tensor:
-        """Logits predicting each response token, (B, T, V), from one left-padded forward pass."""
-        rows = [list(p) + response[:-1] for p in prefixes]
-        width = max(len(r) for r in rows)
+    def _forward(self, rows: list[list[int]], reusable: list[int], cached: PrefixKV | None, keep: int,
+                 cache=None) -> torch.Tensor:
+        """Logits of the last `keep` positions of each row, (B, keep, V), from one batched forward pass.
+
+        Row r reads up to `reusable[r]` leading positions from `cached` instead of computing them;
+        a given `cache` (batch of one, nothing reused) is filled with the row's keys and values.
+        """
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):
-            input_ids[r, width - len(row):] = torch.tensor(row)
-            attention[r, width - len(row):] = 1
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        batch = layout(rows, reusable if cached else [0] * len(rows), pad)
+        if batch.cached_width:
+            cache = batch_cache(cached, batch.reused)
         out = self.model(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention.to(self.device),
-            position_ids=positions.to(self.device),
-            logits_to_keep=len(response),
-            use_cache=False,
+            input_ids=batch.input_ids.to(self.device),
+            attention_mask=batch.attention_mask.to(self.device),
+            position_ids=batch.position_ids.to(self.device),
+            logits_to_keep=keep,
+            use_cache=cache is not None,
+            **{self._cache_argument: cache},
         )
         return out.logits
 
