@@ -1,4 +1,4 @@
-"""Command line: `ropelime explain`, `ropelime models`, `ropelime serve`."""
+"""Command line: `ropelime explain`, `ropelime eval`, `ropelime models`, `ropelime serve`."""
 
 from __future__ import annotations
 
@@ -111,6 +111,109 @@ def run_explain(args) -> int:
     return 0
 
 
+def _eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate attributions against gold evidence on dev data",
+                       description="Evaluate RoPE-LIME and baselines on HotpotQA (sentences) or MMLU (words).")
+    p.add_argument("task", choices=("hotpotqa", "mmlu"))
+    p.add_argument("--data", help="the dev JSONL file (default ../shared/data/<task file>)")
+    p.add_argument("--limit", type=int, help="evaluate the first N items")
+    p.add_argument("--layout", choices=("context_first", "question_first"), default="context_first",
+                   help="hotpotqa: where the question sits relative to the context")
+    p.add_argument("--methods", default="ropelime",
+                   help="comma-separated: ropelime (the options below), loo, contextcite, gsmile")
+    m = p.add_argument_group("method (ropelime; loo and contextcite take target/perturb/seed from here)")
+    m.add_argument("--budget", default="64", help="perturbed prompts per explanation, or 'd' (= number of features)")
+    m.add_argument("--sampler", choices=get_args(Sampler), default=ExplainConfig().sampler)
+    m.add_argument("--k", type=int, help="sparse_k: most features removed per mask")
+    m.add_argument("--target", choices=get_args(Target), default=ExplainConfig().target)
+    m.add_argument("--kernel", choices=get_args(Kernel), default=ExplainConfig().kernel)
+    m.add_argument("--kernel-width", type=float, help="sigma of the locality kernel")
+    m.add_argument("--perturb", choices=get_args(Perturbation), default=ExplainConfig().perturb)
+    m.add_argument("--solver", choices=get_args(Solver), default=ExplainConfig().solver)
+    m.add_argument("--alpha", type=float, help="ridge / lasso regularisation")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--surrogate", help="embedded default, a model directory, a .gguf file or a hub id")
+    m.add_argument("--device", help="cpu, cuda, …")
+    c = p.add_argument_group("closed model (default: the gold answer is the fixed output)")
+    c.add_argument("--model", help="litellm model string giving the fixed outputs (and gSMILE's)")
+    c.add_argument("--api-base", help="base URL of an OpenAI-compatible server")
+    c.add_argument("--closed-local", metavar="MODEL",
+                   help="serve this local model (directory or .gguf) on 127.0.0.1 as the closed model")
+    c.add_argument("--max-tokens", type=int, default=48, help="longest closed-model answer")
+    p.add_argument("--heldout", type=int, default=32, help="held-out masks for LDS (0 = no faithfulness)")
+    p.add_argument("--json", metavar="OUT", help="write the report (records and summary) to this file")
+
+
+def run_eval(args, argv: list[str]) -> int:
+    import contextlib
+    import os
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from ropelime.evaluate import DATA_FILES, Closed, load_items, run_evaluation
+    from ropelime.explain import load_surrogate
+
+    budget = "d" if args.budget == "d" else int(args.budget)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    items = load_items(args.task, Path(args.data or Path("..") / "shared" / "data" / DATA_FILES[args.task]),
+                       limit=args.limit, layout=args.layout)
+    config = ExplainConfig(sampler=args.sampler, k=args.k, target=args.target, kernel=args.kernel,
+                           kernel_width=args.kernel_width, perturb=args.perturb, solver=args.solver,
+                           alpha=args.alpha, seed=args.seed)
+    err = Console(stderr=True)
+    with err.status("loading the surrogate"):
+        surrogate = load_surrogate(args.surrogate, args.device)
+    with contextlib.ExitStack() as stack:
+        closed = None
+        if args.closed_local:
+            from ropelime.endpoint import OpenAIEndpoint, local_model_reply
+            from ropelime.surrogate import Surrogate
+
+            local = Surrogate.load(args.closed_local, device=args.device)
+            endpoint = stack.enter_context(OpenAIEndpoint(local_model_reply(local, args.max_tokens),
+                                                          model=Path(args.closed_local).stem))
+            closed = Closed(model=f"openai/{Path(args.closed_local).stem}", api_base=endpoint.base_url,
+                            max_tokens=args.max_tokens)
+            os.environ.setdefault("OPENAI_API_KEY", "local")  # litellm wants a key; the local endpoint ignores it
+        elif args.model:
+            closed = Closed(model=args.model, api_base=args.api_base, max_tokens=args.max_tokens)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err) as bar:
+            task = bar.add_task("evaluating", total=len(items) * len(methods))
+            steps = iter(range(len(items) * len(methods) + 1))
+
+            def step(item_id: str, method: str) -> None:
+                bar.update(task, completed=next(steps), description=f"{item_id[:24]} {method}")
+
+            head = {"command": "ropelime eval " + " ".join(argv), "task": args.task, "layout": args.layout,
+                    "closed_local": args.closed_local}
+
+            def save(report: dict) -> None:
+                if args.json:
+                    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                    Path(args.json).write_text(json.dumps({**head, **report}, indent=1), encoding="utf-8")
+
+            report = run_evaluation(items, methods, config, budget=budget, surrogate=surrogate, closed=closed,
+                                    heldout=args.heldout, step=step, checkpoint=save)
+            bar.update(task, completed=len(items) * len(methods))
+    if args.json:
+        err.print(f"wrote {args.json}")
+    table = Table(title=f"{args.task}: {report['items']} items, budget {budget}, fixed output = {report['fixed_output']}")
+    for column in ("method", "AUROC", "AP", "P@k", "LDS", "top-k − random-k", "closed calls", "passes", "s/item"):
+        table.add_column(column)
+    for method, s in report["summary"].items():
+        cell = lambda name, digits=3: (f"{s[name]['mean']:.{digits}f} [{s[name]['low']:.{digits}f}, {s[name]['high']:.{digits}f}]"
+                                       if s[name]["n"] else "-")
+        table.add_row(method, cell("auroc"), cell("ap"), cell("p_at_k"), cell("lds"), cell("topk_minus_random"),
+                      cell("closed_calls", 1), cell("surrogate_passes", 1), cell("seconds", 1))
+    Console().print(table)
+    if report["errors"]:
+        err.print(f"{report['errors']} explanation(s) failed; see 'error' in the records")
+    return 0
+
+
 def run_models(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -143,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
     _explain_parser(sub)
+    _eval_parser(sub)
     models = sub.add_parser("models", help="list surrogates and prepare the embedded one")
     models.add_argument("--prepare", action="store_true", help="de-quantise and cache the embedded surrogate now")
     args = parser.parse_args(argv)
@@ -155,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     from ropelime.errors import InputError
 
     try:
+        if args.command == "eval":
+            given = sys.argv[1:] if argv is None else argv
+            return run_eval(args, given[given.index("eval") + 1:])
         return {"explain": run_explain, "models": run_models}[args.command](args)
     except (InputError, ClosedModelError, ValidationError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,0 +1,285 @@
+"""Evaluation on the dev data (DESIGN.md section 7): agreement with gold evidence, faithfulness on the
+surrogate, and cost, per item and aggregated, for RoPE-LIME and the baselines on the same features.
+
+Tasks:
+- `hotpotqa`: the context paragraphs (``"<title>: " + "".join(sentences)``) are explained sentence
+  by sentence; the question and the instruction stay fixed. Features are caller-given segments
+  built from the dataset's own sentences (one feature per sentence: a sentence's content and the
+  whitespace up to the next one), so gold `supporting_facts` map one-to-one onto features.
+- `mmlu`: the words of the question stem are the features; the instruction and the choices stay
+  fixed. A word is gold when its span overlaps a `decisive` span.
+
+The fixed output is the gold answer unless a closed model is given.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from ropelime.cache import ScoreCache
+from ropelime.schema import ExplainConfig, Explanation, Feature, Granularity
+from ropelime.surrogate import Surrogate
+
+Task = Literal["hotpotqa", "mmlu"]
+Layout = Literal["context_first", "question_first"]
+DATA_FILES: dict[str, str] = {"hotpotqa": "hotpotqa_dev.jsonl", "mmlu": "mmlu_decisive_dev.jsonl"}
+LETTERS = "ABCD"
+
+HOTPOT_INSTRUCTION = "Answer the question using the context. Reply with a short answer only."
+MMLU_INSTRUCTION = "The following is a multiple choice question about {subject}. Reply with the letter and the text of the correct choice."
+
+BASELINES: dict[str, dict[str, Any]] = {
+    "loo": {"sampler": "loo", "kernel": "uniform", "solver": "ols"},
+    "contextcite": {"sampler": "bernoulli", "target": "logit_prob", "solver": "lasso", "kernel": "uniform"},
+}
+"""Method overrides of the baselines run on the surrogate (the rest comes from the evaluated config)."""
+
+METHODS = ("ropelime", *BASELINES, "gsmile")
+
+
+class Item(BaseModel):
+    """One evaluation example: a prompt, its explainable part, the gold answer and gold evidence spans."""
+
+    id: str
+    prompt: str
+    explain: str = Field(description="the explainable substring of the prompt (its first occurrence)")
+    granularity: Granularity
+    segments: list[tuple[int, int]] | None = None
+    answer: str = Field(description="the gold answer: the fixed output when no closed model is given")
+    gold_spans: list[tuple[int, int]] = Field(description="character spans of the gold evidence in the prompt")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def hotpotqa_item(row: dict, layout: Layout = "context_first") -> Item:
+    """Build the prompt, one segment per dataset sentence, and the gold sentences' spans.
+
+    A segment is a sentence's content and the whitespace up to the next sentence of its paragraph;
+    titles, the paragraph breaks and whitespace-only sentences stay fixed.
+    """
+    question = f"Question: {row['question']}"
+    if layout == "context_first":
+        head, tail = f"{HOTPOT_INSTRUCTION}\n\nContext:\n", f"\n\n{question}\nAnswer:"
+    elif layout == "question_first":
+        head, tail = f"{HOTPOT_INSTRUCTION}\n\n{question}\n\nContext:\n", "\n\nAnswer:"
+    else:
+        raise ValueError(f"unknown layout {layout!r}; use context_first or question_first.")
+    paragraphs, spans, offset = [], {}, len(head)
+    for title, sentences in row["context"]:
+        cursor = offset + len(f"{title}: ")
+        starts = []
+        for s, sentence in enumerate(sentences):
+            if sentence.strip():
+                starts.append((s, cursor + len(sentence) - len(sentence.lstrip())))
+            cursor += len(sentence)
+        for (s, start), after in zip(starts, [a for _, a in starts[1:]] + [cursor]):
+            spans[(title, s)] = (start, after)
+        paragraphs.append(f"{title}: " + "".join(sentences))
+        offset += len(paragraphs[-1]) + 2
+    context = "\n\n".join(paragraphs)
+    gold = [spans[(t, s)] for t, s in row["supporting_facts"] if (t, s) in spans]
+    return Item(id=row["id"], prompt=head + context + tail, explain=context, granularity="segments",
+                segments=sorted(spans.values()), answer=row["answer"], gold_spans=gold)
+
+
+def mmlu_item(row: dict) -> Item:
+    """The stem's words are the features; the gold spans are the decisive words' spans in the prompt."""
+    head = MMLU_INSTRUCTION.format(subject=row["subject"].replace("_", " ")) + "\n\n"
+    choices = "".join(f"\n{letter}. {text}" for letter, text in zip(LETTERS, row["choices"]))
+    prompt = f"{head}{row['question']}{choices}\nAnswer:"
+    gold = [(len(head) + d["start"], len(head) + d["end"]) for d in row["decisive"]]
+    answer = f"{LETTERS[row['answer']]}. {row['choices'][row['answer']]}"
+    return Item(id=row["id"], prompt=prompt, explain=row["question"], granularity="word", answer=answer,
+                gold_spans=gold)
+
+
+def load_items(task: Task, path: Path, *, limit: int | None = None, layout: Layout = "context_first") -> list[Item]:
+    """The first `limit` items of a dev file."""
+    rows = read_jsonl(path)[:limit]
+    if task == "hotpotqa":
+        return [hotpotqa_item(row, layout) for row in rows]
+    if task == "mmlu":
+        return [mmlu_item(row) for row in rows]
+    raise ValueError(f"unknown task {task!r}; use hotpotqa or mmlu.")
+
+
+# ---- metrics ------------------------------------------------------------------------------------
+
+def gold_labels(features: list[Feature], gold_spans: Iterable[tuple[int, int]]) -> np.ndarray:
+    """True for each feature whose span overlaps a gold span."""
+    spans = list(gold_spans)
+    return np.array([any(f.start < b and a < f.end for a, b in spans) for f in features], dtype=bool)
+
+
+def agreement(scores: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    """AUROC, average precision and precision@k (k = number of gold features); NaN when undefined."""
+    gold = np.asarray(gold, dtype=bool)
+    k = int(gold.sum())
+    if k == 0 or k == len(gold):
+        return {"auroc": float("nan"), "ap": float("nan"), "p_at_k": float("nan")}
+    top = np.argsort(-np.asarray(scores), kind="stable")[:k]
+    return {"auroc": float(roc_auc_score(gold, scores)), "ap": float(average_precision_score(gold, scores)),
+            "p_at_k": float(gold[top].mean())}
+
+
+def mean_ci(values: Iterable[float], *, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean of the finite values with a percentile bootstrap interval, and how many values it rests on."""
+    x = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    if not len(x):
+        return {"mean": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0}
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), (resamples, len(x)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return {"mean": float(x.mean()), "low": float(low), "high": float(high), "n": int(len(x))}
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+class Closed(BaseModel):
+    """The closed model behind the fixed outputs (and gSMILE's regenerations)."""
+
+    model: str
+    api_base: str | None = None
+    max_tokens: int = 48
+    timeout: float = 120.0
+
+
+def method_config(method: str, config: ExplainConfig, budget: int | Literal["d"], d: int) -> ExplainConfig:
+    """The evaluated config (method 'ropelime') or a baseline's, at the budget (a number or 'd')."""
+    update = dict(BASELINES.get(method, {}))
+    update["budget"] = d if budget == "d" else budget
+    return config.model_copy(update=update)
+
+
+def explain_item(item: Item, method: str, config: ExplainConfig, response: str, surrogate: Surrogate,
+                 closed: Closed | None) -> Explanation:
+    """One explanation of the item's fixed response by one method, with a fresh score cache (honest cost)."""
+    from ropelime.explain import explain
+
+    with tempfile.TemporaryDirectory(prefix="ropelime-eval-") as scratch:
+        cache = ScoreCache(Path(scratch) / "scores.sqlite")
+        try:
+            if method == "gsmile":
+                if closed is None:
+                    raise ValueError("gsmile re-sends every perturbed prompt to a closed model: give one.")
+                from ropelime.baselines import gsmile
+
+                return gsmile(item.prompt, response, model=closed.model, api_base=closed.api_base,
+                              explain=item.explain, config=config, surrogate=surrogate,
+                              max_tokens=closed.max_tokens, timeout=closed.timeout)
+            return explain(item.prompt, response, explain=item.explain, config=config, surrogate=surrogate,
+                           cache=cache)
+        finally:
+            cache.close()
+
+
+def evaluate_item(item: Item, methods: list[str], config: ExplainConfig, *, budget: int | Literal["d"],
+                  surrogate: Surrogate, closed: Closed | None = None, heldout: int = 32,
+                  faith_cache: ScoreCache | None = None, step: Callable[[str], None] | None = None) -> list[dict]:
+    """Per-method records for one item: agreement, faithfulness (nll, delete) and cost."""
+    from ropelime.faithfulness import evaluate_faithfulness
+
+    response, closed_calls = item.answer, 0
+    if closed is not None:
+        from ropelime.closed import fetch_response
+        from ropelime.settings import cache_dir
+
+        response = fetch_response(closed.model, item.prompt, cache_dir=cache_dir(), timeout=closed.timeout,
+                                  api_base=closed.api_base, max_tokens=closed.max_tokens).text
+        closed_calls = 1
+    base = config.model_copy(update={"granularity": item.granularity, "segments": item.segments})
+    records = []
+    for method in methods:
+        if step:
+            step(method)
+        record: dict[str, Any] = {"id": item.id, "method": method, "response": response}
+        try:
+            started = time.perf_counter()
+            d = len(item.segments) if item.segments else None
+            if d is None:
+                from ropelime.features import find_explain_span, split_features
+
+                d = len(split_features(item.prompt, item.granularity, explain=find_explain_span(item.prompt, item.explain)))
+            cfg = method_config(method, base, budget, d)
+            result = explain_item(item, method, cfg, response, surrogate, closed)
+            features = sorted(result.features, key=lambda f: f.index)
+            gold = gold_labels(features, item.gold_spans)
+            scores = np.array([f.score for f in features])
+            record |= {"d": len(features), "gold": int(gold.sum()), **agreement(scores, gold),
+                       "closed_calls": result.cost.closed_model_calls if method == "gsmile" else closed_calls,
+                       "surrogate_passes": result.cost.surrogate_forward_passes, "samples": result.diagnostics.samples,
+                       "seconds": round(time.perf_counter() - started, 2), "r2": result.diagnostics.r2,
+                       "surrogate_nll": result.diagnostics.surrogate_nll}
+            if heldout > 0 and len(features) >= 2:
+                probe = result.model_copy(update={"config": result.config.model_copy(
+                    update={"target": "nll", "perturb": "delete"})})
+                faith = evaluate_faithfulness(probe, heldout=heldout, seed=config.seed, surrogate=surrogate,
+                                              cache=faith_cache)
+                record |= {"lds": faith.lds, "topk_drop": faith.topk_drop, "random_k_drop": faith.random_k_drop,
+                           "topk_minus_random": faith.topk_drop - faith.random_k_drop, "faith_k": faith.k}
+        except Exception as error:  # noqa: BLE001 - one failing item must not end a long run; it is reported
+            record["error"] = f"{type(error).__name__}: {error}"
+        records.append(record)
+    return records
+
+
+METRICS = ("auroc", "ap", "p_at_k", "lds", "topk_drop", "random_k_drop", "topk_minus_random",
+           "closed_calls", "surrogate_passes", "seconds")
+
+
+def summarise(records: list[dict], methods: list[str], seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+    """Per method and metric: mean, bootstrap interval and number of items."""
+    return {m: {metric: mean_ci((r.get(metric) for r in records if r["method"] == m and "error" not in r), seed=seed)
+                for metric in METRICS}
+            for m in methods}
+
+
+def run_evaluation(items: list[Item], methods: list[str], config: ExplainConfig, *, budget: int | Literal["d"],
+                   surrogate: Surrogate, closed: Closed | None = None, heldout: int = 32,
+                   step: Callable[[str, str], None] | None = None,
+                   checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Evaluate every method on every item; the report holds the per-item records and the summary.
+
+    Faithfulness masks are scored through the persistent score cache (shared by the methods of an
+    item); explanations use fresh caches so their cost is what a user would pay. `checkpoint` gets
+    the report so far after every item (`complete` False until the last).
+    """
+    from ropelime.explain import default_cache
+
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}.")
+    head = {
+        "fixed_output": f"answer of {closed.model}" if closed else "gold answer",
+        "surrogate": surrogate.name,
+        "budget": budget,
+        "methods": {m: ("gSMILE as published" if m == "gsmile"
+                        else method_config(m, config, budget, 0).model_dump(
+                            exclude={"segments", "granularity", "time_budget_s", "budget"}))
+                    for m in methods},
+        "faithfulness": {"target": "nll", "perturb": "delete", "heldout_masks": heldout},
+    }
+    records: list[dict] = []
+    report: dict[str, Any] = {}
+    for done, item in enumerate(items, start=1):
+        records += evaluate_item(item, methods, config, budget=budget, surrogate=surrogate, closed=closed,
+                                 heldout=heldout, faith_cache=default_cache(),
+                                 step=(lambda method, item=item: step(item.id, method)) if step else None)
+        report = {**head, "items": done, "complete": done == len(items),
+                  "errors": sum("error" in r for r in records),
+                  "summary": summarise(records, methods, seed=config.seed), "records": records}
+        if checkpoint:
+            checkpoint(report)
+    return report

@@ -1,0 +1,150 @@
+"""The evaluation: loaders and gold alignment on the real dev files, metrics on planted data, a tiny
+end-to-end `ropelime eval`, and gSMILE against a real OpenAI-compatible server counting its calls."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ropelime.baselines import gsmile, similarity_target, wmd
+from ropelime.evaluate import agreement, gold_labels, hotpotqa_item, load_items, mean_ci, mmlu_item
+from ropelime.features import find_explain_span, split_features
+from ropelime.schema import ExplainConfig, Feature
+from tests.conftest import DATA
+from tests.openai_stub import OpenAIStub
+
+MMLU = DATA / "mmlu_decisive_dev.jsonl"
+
+
+@pytest.fixture(scope="module")
+def mmlu_rows() -> list[dict]:
+    if not MMLU.exists():
+        pytest.skip(f"dev data not found at {MMLU}")
+    return [json.loads(line) for line in MMLU.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("layout", ["context_first", "question_first"])
+def test_hotpotqa_segments_are_the_dataset_sentences_and_gold_maps_one_to_one(hotpotqa_items, layout):
+    for row in hotpotqa_items:
+        item = hotpotqa_item(row, layout)
+        features = split_features(item.prompt, "segments", explain=find_explain_span(item.prompt, item.explain),
+                                  segments=item.segments)
+        sentences = [s for _, ss in row["context"] for s in ss if s.strip()]
+        assert [f.text.strip() for f in features] == [s.strip() for s in sentences]
+        assert " ".join(f.text for f in features).split() == " ".join(sentences).split()  # nothing else explained
+        assert row["question"] in item.prompt and row["question"] not in item.explain
+        gold = gold_labels(features, item.gold_spans)
+        titles = dict(row["context"])
+        wanted = {titles[t][i].strip() for t, i in row["supporting_facts"] if titles[t][i].strip()}
+        assert {f.text.strip() for f, g in zip(features, gold) if g} == wanted
+        assert gold.sum() == len(item.gold_spans)  # each gold sentence is exactly one feature
+
+
+def test_mmlu_gold_words_overlap_the_decisive_spans(mmlu_rows):
+    for row in mmlu_rows:
+        item = mmlu_item(row)
+        features = split_features(item.prompt, "word", explain=find_explain_span(item.prompt, item.explain))
+        assert "".join(f.text for f in features).strip() == row["question"].strip()
+        gold = gold_labels(features, item.gold_spans)
+        assert [item.prompt[a:b] for a, b in item.gold_spans] == [d["word"] for d in row["decisive"]]
+        for d in row["decisive"]:  # every decisive word lies in a gold feature, and only gold features hold one
+            assert any(g and d["word"] in f.text for f, g in zip(features, gold))
+        assert all(any(d["word"] in f.text or f.text.strip() in d["word"] for d in row["decisive"])
+                   for f, g in zip(features, gold) if g)
+        assert item.answer.startswith("ABCD"[row["answer"]] + ". ") and all(c in item.prompt for c in row["choices"])
+
+
+def test_gold_labels_by_span_overlap():
+    features = [Feature(index=i, text="ab ", start=3 * i, end=3 * i + 3) for i in range(4)]
+    assert gold_labels(features, [(4, 5), (9, 10)]).tolist() == [False, True, False, True]
+    assert gold_labels(features, [(3, 3)]).tolist() == [False] * 4  # an empty span overlaps nothing
+
+
+def test_agreement_on_planted_scores():
+    gold = np.array([0, 1, 0, 0, 1, 0], dtype=bool)
+    perfect = agreement(np.array([0.1, 0.9, 0.0, 0.2, 0.8, 0.3]), gold)
+    assert perfect == {"auroc": 1.0, "ap": 1.0, "p_at_k": 1.0}
+    reversed_ = agreement(np.array([0.9, 0.1, 0.8, 0.7, 0.0, 0.6]), gold)
+    assert reversed_["auroc"] == 0.0 and reversed_["p_at_k"] == 0.0
+    half = agreement(np.array([0.1, 0.9, 0.95, 0.2, 0.0, 0.3]), gold)
+    assert half["auroc"] == pytest.approx(3 / 8) and half["p_at_k"] == 0.5
+    assert np.isnan(agreement(np.ones(3), np.zeros(3, dtype=bool))["auroc"])
+
+
+def test_mean_ci_brackets_the_mean_and_skips_undefined_values():
+    summary = mean_ci([0.5, 0.6, 0.7, float("nan"), None])
+    assert summary["n"] == 3 and summary["mean"] == pytest.approx(0.6)
+    assert 0.5 <= summary["low"] <= 0.6 <= summary["high"] <= 0.7
+    assert mean_ci([0.5, 0.6, 0.7]) == mean_ci([0.5, 0.6, 0.7])  # seeded
+    assert mean_ci([])["n"] == 0
+
+
+def test_wmd_is_exact_transport():
+    a = np.array([[0.0, 0.0], [2.0, 0.0]])
+    assert wmd(a, np.array([0.5, 0.5]), a, np.array([0.5, 0.5])) == pytest.approx(0.0)
+    b = np.array([[0.0, 1.0]])
+    assert wmd(a, np.array([0.5, 0.5]), b, np.array([1.0])) == pytest.approx(0.5 * 1 + 0.5 * np.sqrt(5))
+    assert similarity_target(np.array([0.0, 2.0, 1.0, np.inf])).tolist() == [1.0, 0.0, 0.5, 0.0]
+
+
+def test_gsmile_resends_every_perturbed_prompt_and_finds_the_evidence(tiny_surrogate, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-local-stub")
+    context = "The sky is blue. Paris is the capital of France. Cats sleep a lot. Rivers run to the sea."
+    prompt = f"Context: {context}\nQuestion: What is the capital of France?"
+
+    def reply(messages):
+        return "Paris" if "Paris is the capital" in messages[-1]["content"] else "I do not know the answer"
+
+    config = ExplainConfig(granularity="sentence", budget=8, seed=0)
+    with OpenAIStub(reply=reply) as stub:
+        result = gsmile(prompt, model="openai/stub-model", api_base=stub.base_url, explain=context, config=config,
+                        surrogate=tiny_surrogate)
+        assert stub.requests == 1 + 8 and result.cost.closed_model_calls == 9
+        assert {json.dumps(b["messages"]) for b in stub.bodies[1:]}.isdisjoint({json.dumps(stub.bodies[0]["messages"])})
+        again = gsmile(prompt, model="openai/stub-model", api_base=stub.base_url, explain=context, config=config,
+                       surrogate=tiny_surrogate)
+        assert stub.requests == 9 and again.cost.closed_model_usage["cached"] == 9  # answers come from the cache
+    assert result.response == "Paris"
+    assert result.top(1)[0].text.startswith("Paris is the capital")
+    assert (result.config.sampler, result.config.kernel, result.config.solver) == ("bernoulli", "cosine", "ols")
+
+
+def test_eval_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path, mmlu_rows, capsys):
+    from ropelime.cli import main
+
+    out = tmp_path / "report.json"
+    code = main(["eval", "mmlu", "--data", str(MMLU), "--limit", "2", "--methods", "ropelime,loo,contextcite",
+                 "--budget", "6", "--heldout", "4", "--surrogate", str(tiny_model_dir), "--device", "cpu",
+                 "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["items"] == 2 and report["errors"] == 0
+    assert report["fixed_output"] == "gold answer" and report["command"].startswith("ropelime eval mmlu --data")
+    assert len(report["records"]) == 6
+    for record in report["records"]:
+        assert 0.0 <= record["auroc"] <= 1.0 and -1.0 <= record["lds"] <= 1.0
+        assert record["closed_calls"] == 0 and record["surrogate_passes"] >= 1
+    loo = [r for r in report["records"] if r["method"] == "loo"]
+    assert all(r["samples"] == r["d"] + 1 for r in loo)
+    assert report["summary"]["ropelime"]["auroc"]["n"] == 2
+    assert "AUROC" in capsys.readouterr().out
+
+
+def test_eval_budget_d_equals_the_number_of_features(tiny_model_dir, tmp_path):
+    from ropelime.cli import main
+
+    out = tmp_path / "report.json"
+    assert main(["eval", "mmlu", "--data", str(MMLU), "--limit", "1", "--budget", "d", "--heldout", "0",
+                 "--surrogate", str(tiny_model_dir), "--device", "cpu", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())["records"][0]
+    assert record["samples"] == record["d"] + 1 and "lds" not in record
+
+
+def test_load_items_limits_and_rejects_unknown_tasks(tmp_path):
+    if not MMLU.exists():
+        pytest.skip("dev data not found")
+    assert len(load_items("mmlu", MMLU, limit=3)) == 3
+    with pytest.raises(ValueError, match="unknown task"):
+        load_items("squad", MMLU)  # type: ignore[arg-type]
