@@ -240,6 +240,20 @@ def run_models(args) -> int:
     return 0
 
 
+def _serve_parser(sub) -> None:
+    from ropelime_server.main import add_arguments
+
+    p = sub.add_parser("serve", help="run the MCP server (stdio; --http for streamable HTTP on 127.0.0.1)",
+                       description="Run the RoPE-LIME MCP server. Nothing but protocol goes to stdout.")
+    add_arguments(p)
+
+
+def run_serve(args) -> int:
+    from ropelime_server.main import serve
+
+    return serve(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `ropelime` console script."""
     parser = argparse.ArgumentParser(prog="ropelime", description="Explain a closed LLM's answer with a local surrogate.")
@@ -247,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _explain_parser(sub)
     _eval_parser(sub)
+    _serve_parser(sub)
     models = sub.add_parser("models", help="list surrogates and prepare the embedded one")
     models.add_argument("--prepare", action="store_true", help="de-quantise and cache the embedded surrogate now")
     args = parser.parse_args(argv)
@@ -262,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             given = sys.argv[1:] if argv is None else argv
             return run_eval(args, given[given.index("eval") + 1:])
-        return {"explain": run_explain, "models": run_models}[args.command](args)
+        return {"explain": run_explain, "models": run_models, "serve": run_serve}[args.command](args)
     except (InputError, ClosedModelError, ValidationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,1 @@
+"""RoPE-LIME MCP server: a thin layer over the `ropelime` library (tools, resources, prompts)."""

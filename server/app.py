@@ -1,0 +1,247 @@
+"""The RoPE-LIME MCP server: three read-only tools, explanation resources and prompt files over the library."""
+
+from __future__ import annotations
+
+import base64
+import json
+from importlib.metadata import version
+from typing import Annotated, get_args
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
+from pydantic import Field
+
+import ropelime
+from ropelime.compare import DEFAULT_BUDGETS, DEFAULT_SAMPLERS, DEFAULT_SEEDS, Comparison, plot_faithfulness
+from ropelime.compare import compare_samplers as compare_grid
+from ropelime.errors import InputError
+from ropelime.render import to_html
+from ropelime.schema import ExplainConfig, Explanation, Granularity, Kernel, Perturbation, Sampler, Solver, Target
+from ropelime.surrogate import EMBEDDED
+from ropelime_server.engine import EngineOptions, engine_of, lifespan_for, run_job, tool_errors
+from ropelime_server.prompt_files import load_prompts
+from ropelime_server.results import Direction, TopFeatures, comparison_text, explanation_text, top_text
+
+DEFAULT_TIME_BUDGET_S = 40.0
+"""Hosts such as Claude Desktop cancel a call at about 60 s: stop scoring well before and say how to continue."""
+
+INSTRUCTIONS = """RoPE-LIME explains which parts of a prompt an answer rests on. A small local surrogate model
+scores the fixed answer under many perturbations of the prompt; a weighted linear fit gives every
+word, sentence or paragraph a score (positive = supports the answer) with a 95% interval.
+Call explain_response with the prompt and the answer (or a model to ask once), then top_features
+with its explanation_id, optionally for one part of the answer (output_span). Long prompts may come
+back INCOMPLETE after the time budget: call again with continue_from to resume from cached scores.
+compare_samplers compares the perturbation samplers' faithfulness, stability and cost."""
+
+_CLOSED = "litellm model string (e.g. openai/gpt-4o-mini) asked once, at temperature 0, when no response is given; " \
+          "its API key comes from the provider's usual environment variable"
+
+PromptArg = Annotated[str, Field(description="the prompt (question, context) whose answer to explain, exactly as given to the model")]
+ResponseArg = Annotated[str | None, Field(description="the answer to explain, word for word; give it to avoid any closed-model call")]
+ModelArg = Annotated[str | None, Field(description=_CLOSED)]
+SystemArg = Annotated[str | None, Field(description="system prompt given with the prompt; kept fixed, never attributed")]
+ExplainArg = Annotated[str | None, Field(description="the substring of the prompt to attribute, e.g. the context of a RAG prompt; "
+                                                     "the rest stays fixed (default: the whole prompt)")]
+GranularityArg = Annotated[Granularity, Field(description="feature unit: word, sentence or paragraph "
+                                                          "(segments needs caller-given spans and is for the library)")]
+TimeBudgetArg = Annotated[float | None, Field(gt=0, description="stop scoring after this many seconds and return a partial "
+                                                                "result marked incomplete (null: no limit)")]
+
+
+def _result(text: str, data: dict, *extra: ImageContent) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text), *extra], structured_content=data)
+
+
+def options_document(options: EngineOptions) -> dict:
+    """The available choices and defaults, for the options resource."""
+    defaults = ExplainConfig()
+    return {
+        "surrogate": options.surrogate or EMBEDDED,
+        "default_closed_model": options.default_model,
+        "granularity": list(get_args(Granularity)),
+        "sampler": list(get_args(Sampler)),
+        "target": list(get_args(Target)),
+        "kernel": list(get_args(Kernel)),
+        "perturb": list(get_args(Perturbation)),
+        "solver": list(get_args(Solver)),
+        "direction": list(get_args(Direction)),
+        "defaults": {**defaults.model_dump(exclude={"segments", "time_budget_s"}),
+                     "time_budget_s": DEFAULT_TIME_BUDGET_S},
+        "compare_samplers_defaults": {"samplers": list(DEFAULT_SAMPLERS), "budgets": list(DEFAULT_BUDGETS),
+                                      "seeds": list(DEFAULT_SEEDS), "time_budget_s": DEFAULT_TIME_BUDGET_S},
+        "meaning": {
+            "score": "positive = the feature supports the response; ci_low/ci_high = 95% interval",
+            "sparse_k": "each perturbation removes a few features, balanced coverage (default)",
+            "loo": "remove one feature at a time (budget does not apply)",
+            "bernoulli": "keep each feature with probability 1/2 (LIME, ContextCite)",
+            "nll": "mean negative log-likelihood of the response", "logit_prob": "log-odds of the whole response",
+            "kl": "KL divergence of the next-token distributions", "js": "Jensen-Shannon divergence",
+            "rwmd_rope": "locality by relaxed word mover's distance in RoPE embedding space",
+            "delete": "remove masked text", "placeholder": "replace masked text, keeping token positions",
+        },
+    }
+
+
+def build_server(options: EngineOptions | None = None) -> MCPServer:
+    """The MCP server; the surrogate is loaded once when it starts (its lifespan)."""
+    options = options or EngineOptions.from_env()
+    mcp = MCPServer("ropelime", title="RoPE-LIME", version=version("ropelime"), instructions=INSTRUCTIONS,
+                    lifespan=lifespan_for(options))
+
+    @mcp.tool(title="Explain a response", annotations=ToolAnnotations(
+        title="Explain a response", read_only_hint=True, idempotent_hint=True, open_world_hint=True))
+    async def explain_response(
+        ctx: Context,
+        prompt: Annotated[str | None, Field(description="the prompt (question, context) whose answer to explain, exactly "
+                                                        "as given to the model; required unless continue_from is given")] = None,
+        response: ResponseArg = None,
+        model: ModelArg = None,
+        system: SystemArg = None,
+        explain: ExplainArg = None,
+        granularity: GranularityArg = "sentence",
+        budget: Annotated[int, Field(ge=1, le=100_000, description="perturbed prompts to score; more is slower and steadier")] = 64,
+        sampler: Annotated[Sampler, Field(description="masks: sparse_k (few features removed each), loo, bernoulli")] = "sparse_k",
+        target: Annotated[Target, Field(description="what is measured per perturbation: nll, logit_prob, kl, js")] = "nll",
+        kernel: Annotated[Kernel, Field(description="locality weighting: rwmd_rope, cosine, uniform")] = "rwmd_rope",
+        perturb: Annotated[Perturbation, Field(description="delete masked text, or placeholder to keep positions")] = "delete",
+        seed: Annotated[int, Field(description="masks are deterministic per seed")] = 0,
+        time_budget_s: TimeBudgetArg = DEFAULT_TIME_BUDGET_S,
+        continue_from: Annotated[str | None, Field(description="explanation_id of an INCOMPLETE explanation to resume from "
+                                                               "its cached scores; its inputs and method are reused and the "
+                                                               "other arguments except time_budget_s are ignored")] = None,
+    ) -> Annotated[CallToolResult, Explanation]:
+        """Attribute an answer to the parts of its prompt (words, sentences or paragraphs).
+
+        Returns the top features with scores (positive = supports the answer) and 95% intervals,
+        and the full explanation as structured content. Without a response, asks `model` once.
+        Stops after time_budget_s and returns a partial result marked INCOMPLETE with its
+        explanation_id; call again with continue_from (or the same arguments) to resume.
+        """
+        with tool_errors():
+            engine = engine_of(ctx)
+            previous = engine.store.load(continue_from) if continue_from else None
+            if previous is not None:
+                prompt, response, system = previous.prompt, previous.response, previous.system
+                explain = previous.prompt[previous.explain_start:previous.explain_end]
+                config = previous.config.model_copy(update={"time_budget_s": time_budget_s})
+                model = None
+            elif prompt is None:
+                raise InputError("give the prompt (or continue_from with the explanation_id of an incomplete explanation).")
+            else:
+                config = ExplainConfig(granularity=granularity, budget=budget, sampler=sampler, target=target,
+                                       kernel=kernel, perturb=perturb, seed=seed, time_budget_s=time_budget_s)
+                model = model or (None if response is not None else engine.default_model)
+
+            def job(progress, should_stop) -> Explanation:
+                return ropelime.explain(prompt, response, model=model, system=system, explain=explain, config=config,
+                                        surrogate=engine.surrogate, cache=engine.cache, progress=progress,
+                                        should_stop=should_stop, api_base=engine.api_base)
+
+            result = await run_job(ctx, job)
+            if previous is not None:
+                result = result.model_copy(update={"response_source": previous.response_source,
+                                                   "closed_model": previous.closed_model})
+            engine.store.save(result)
+        return _result(explanation_text(result), result.model_dump(mode="json"))
+
+    @mcp.tool(title="Top features", annotations=ToolAnnotations(
+        title="Top features", read_only_hint=True, idempotent_hint=True, open_world_hint=False))
+    async def top_features(
+        ctx: Context,
+        explanation_id: Annotated[str, Field(description="the explanation_id returned by explain_response")],
+        k: Annotated[int, Field(ge=1, le=1000, description="how many features to return")] = 5,
+        direction: Annotated[Direction, Field(description="supporting (highest scores), opposing (lowest), "
+                                                          "or both (largest |score|)")] = "supporting",
+        output_span: Annotated[str | None, Field(description="a part of the response, copied exactly: attribute only "
+                                                             "that part of the answer, from the cached scores "
+                                                             "(no new surrogate pass)")] = None,
+    ) -> Annotated[CallToolResult, TopFeatures]:
+        """The k features that most support (or oppose) an explained answer, with text, span, score and interval.
+
+        With output_span, re-fits on the stored per-token scores to attribute only that part of the
+        answer, e.g. one claim; no closed-model call and no new surrogate pass.
+        """
+        with tool_errors():
+            engine = engine_of(ctx)
+            explanation = engine.store.load(explanation_id)
+            if output_span is not None:
+                explanation = await run_job(ctx, lambda _progress, _stop: ropelime.refit(
+                    explanation, output_span, surrogate=engine.surrogate, cache=engine.cache))
+                engine.store.save(explanation)
+            top = TopFeatures(explanation_id=explanation.id, source_explanation_id=explanation_id, direction=direction,
+                              output_span=output_span, response=explanation.response,
+                              complete=explanation.diagnostics.complete, features=explanation.top(k, direction))
+        return _result(top_text(top), top.model_dump(mode="json"))
+
+    @mcp.tool(title="Compare samplers", annotations=ToolAnnotations(
+        title="Compare samplers", read_only_hint=True, idempotent_hint=True, open_world_hint=True))
+    async def compare_samplers(
+        ctx: Context,
+        prompt: PromptArg,
+        response: ResponseArg = None,
+        model: ModelArg = None,
+        system: SystemArg = None,
+        explain: ExplainArg = None,
+        granularity: GranularityArg = "sentence",
+        samplers: Annotated[list[Sampler], Field(min_length=1, description="samplers to compare")] = list(DEFAULT_SAMPLERS),
+        budgets: Annotated[list[Annotated[int, Field(ge=1, le=100_000)]], Field(
+            min_length=1, description="budgets (perturbed prompts) to compare each sampler at")] = list(DEFAULT_BUDGETS),
+        seeds: Annotated[list[int], Field(min_length=1, description="seeds per sampler and budget; two or more "
+                                                                    "measure stability")] = list(DEFAULT_SEEDS),
+        time_budget_s: TimeBudgetArg = DEFAULT_TIME_BUDGET_S,
+    ) -> Annotated[CallToolResult, Comparison]:
+        """Compare samplers at equal budgets on one prompt and answer.
+
+        For each sampler and budget: faithfulness (LDS on one shared set of held-out random masks,
+        top-k removal drop against random-k), stability across seeds (rank correlation, top-k
+        overlap), agreement between samplers, and cost. One closed-model call at most; all runs
+        share one score cache, so calling again after an INCOMPLETE result continues. Includes a
+        PNG plot of faithfulness against budget.
+        """
+        with tool_errors():
+            engine = engine_of(ctx)
+            model = model or (None if response is not None else engine.default_model)
+
+            def job(progress, should_stop) -> Comparison:
+                return compare_grid(prompt, response, model=model, system=system, explain=explain,
+                                    samplers=samplers, budgets=budgets, seeds=seeds, time_budget_s=time_budget_s,
+                                    surrogate=engine.surrogate, cache=engine.cache, progress=progress,
+                                    should_stop=should_stop, api_base=engine.api_base,
+                                    on_explanation=engine.store.save, granularity=granularity)
+
+            comparison = await run_job(ctx, job)
+            plot = []
+            if comparison.results:
+                png = plot_faithfulness(comparison)
+                plot.append(ImageContent(type="image", data=base64.b64encode(png).decode(), mime_type="image/png"))
+        return _result(comparison_text(comparison), comparison.model_dump(mode="json"), *plot)
+
+    @mcp.resource("explanation://{explanation_id}", name="explanation", title="Explanation (JSON)",
+                  description="A stored explanation: features with spans, scores and intervals, method, cost",
+                  mime_type="application/json")
+    def explanation_json(explanation_id: str, ctx: Context) -> str:
+        return _load(ctx, explanation_id).model_dump_json(indent=1)
+
+    @mcp.resource("explanation://{explanation_id}/html", name="explanation-heatmap", title="Explanation heat map",
+                  description="A self-contained HTML page: the prompt coloured by support, top features, method",
+                  mime_type="text/html")
+    def explanation_html(explanation_id: str, ctx: Context) -> str:
+        return to_html(_load(ctx, explanation_id))
+
+    @mcp.resource("ropelime://options", name="options", title="RoPE-LIME options",
+                  description="Granularities, samplers, targets, kernels, perturbations and the defaults",
+                  mime_type="application/json")
+    def options_resource() -> str:
+        return json.dumps(options_document(options), indent=1)
+
+    for prompt in load_prompts():
+        mcp.add_prompt(prompt)
+    return mcp
+
+
+def _load(ctx: Context, explanation_id: str) -> Explanation:
+    try:
+        return engine_of(ctx).store.load(explanation_id)
+    except InputError as error:
+        raise ResourceNotFoundError(str(error)) from None

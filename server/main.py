@@ -1,0 +1,62 @@
+"""Run the MCP server: stdio (default) or streamable HTTP on 127.0.0.1 (`ropelime-mcp`, `ropelime serve`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The server's options (shared by `ropelime-mcp` and `ropelime serve`)."""
+    parser.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
+    parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; the path is /mcp)")
+    parser.add_argument("--surrogate", help="surrogate: gemma3-270m (default), a model directory, a .gguf file or "
+                                            "a hub id (default: $ROPELIME_SURROGATE)")
+    parser.add_argument("--device", help="cpu, cuda, … (default: $ROPELIME_DEVICE, else cuda when available)")
+    parser.add_argument("--api-base", help="base URL of an OpenAI-compatible closed model (default: $ROPELIME_API_BASE)")
+    parser.add_argument("--model", help="closed model asked when a call gives neither response nor model "
+                                        "(default: $ROPELIME_MODEL)")
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Build the server from parsed arguments and run it until the client goes away."""
+    from ropelime.errors import InputError
+    from ropelime.explain import load_surrogate
+    from ropelime_server.app import build_server
+    from ropelime_server.engine import EngineOptions
+
+    options = EngineOptions.from_env(surrogate=args.surrogate, device=args.device, api_base=args.api_base,
+                                     default_model=args.model)
+    try:  # load once now, to fail with a clear message; the server's lifespan then reuses it
+        load_surrogate(options.surrogate, options.device)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    server = build_server(options)
+    if not args.http:
+        server.run("stdio")
+        return 0
+    if args.host not in LOOPBACK:
+        logging.getLogger(__name__).warning("serving on %s: reachable beyond this machine, without authentication",
+                                            args.host)
+    server.run("streamable-http", host=args.host, port=args.port)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `ropelime-mcp` and `python -m ropelime_server`. Logs go to stderr, never stdout."""
+    parser = argparse.ArgumentParser(prog="ropelime-mcp", description="RoPE-LIME MCP server (stdio by default).")
+    add_arguments(parser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""What the tools return: the short texts the model reads (full data goes in structured content) and the top-features model."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from ropelime.compare import Comparison
+from ropelime.schema import Explanation, FeatureScore
+
+Direction = Literal["supporting", "opposing", "both"]
+
+_LINE = 100
+"""Longest feature text shown in a tool's text; the structured content carries it whole."""
+
+
+class TopFeatures(BaseModel):
+    """The result of `top_features`."""
+
+    explanation_id: str = Field(description="the explanation these features come from (a new one for output_span)")
+    source_explanation_id: str = Field(description="the explanation_id that was asked about")
+    direction: Direction
+    output_span: str | None = Field(description="the part of the response attributed (None = all of it)")
+    response: str
+    complete: bool = Field(description="False when the explanation was cut short by its time budget")
+    features: list[FeatureScore] = Field(description="text, character span in the prompt, score, 95% interval, rank")
+
+
+def shorten(text: str, width: int = _LINE) -> str:
+    """One line of at most `width` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def number(x: float) -> str:
+    """Signed, three significant digits; never "-0"."""
+    return f"{x + 0.0:+.3g}"
+
+
+def feature_lines(features: list[FeatureScore]) -> list[str]:
+    """`#rank score [low, high] 'text'`, one line per feature."""
+    return [f"#{f.rank} {number(f.score)} [{number(f.ci_low)}, {number(f.ci_high)}] {shorten(f.text)!r}"
+            for f in features]
+
+
+def status(explanation: Explanation) -> str:
+    """Complete, or how far it got and how to continue."""
+    d = explanation.diagnostics
+    if d.complete:
+        return f"complete ({d.samples} perturbed prompts scored)"
+    return (f"INCOMPLETE: {d.samples} of {d.planned_samples} perturbed prompts scored before the time budget; "
+            f"call explain_response again with continue_from={explanation.id!r} (or the same arguments) to resume")
+
+
+def explanation_text(explanation: Explanation, k: int = 5) -> str:
+    """What the model needs from an explanation in a few lines."""
+    c, d = explanation.cost, explanation.diagnostics
+    source = f"from {explanation.closed_model}" if explanation.response_source == "closed_model" else "given"
+    opposing = [f for f in explanation.top(k, "opposing") if f.score < 0]
+    lines = [
+        f"explanation_id: {explanation.id} — {status(explanation)}",
+        f"response ({source}): {shorten(explanation.response, 300)!r}",
+        f"{len(explanation.features)} {explanation.config.granularity} features; "
+        f"top {min(k, len(explanation.features))} supporting (score [95% interval]):",
+        *feature_lines(explanation.top(k, "supporting")),
+    ]
+    if opposing:
+        lines += ["most opposing:", *feature_lines(opposing[:3])]
+    lines += [
+        f"fit R² {d.r2:.2f}; surrogate NLL of the response {d.surrogate_nll:.2f}; "
+        f"cost {c.closed_model_calls} closed-model call(s), {c.surrogate_forward_passes} surrogate passes, {c.seconds:.1f} s",
+        f"full explanation in the structured content; resources explanation://{explanation.id} (JSON) "
+        f"and explanation://{explanation.id}/html (heat map)",
+    ]
+    return "\n".join(lines + [f"note: {n}" for n in d.notes])
+
+
+def top_text(top: TopFeatures) -> str:
+    """The top features as lines."""
+    part = f" of the response part {shorten(top.output_span, 80)!r}" if top.output_span is not None else ""
+    head = f"explanation_id: {top.explanation_id}{'' if top.complete else ' (INCOMPLETE explanation)'}"
+    return "\n".join([head, f"top {len(top.features)} {top.direction} features{part} (score [95% interval]):",
+                      *feature_lines(top.features)])
+
+
+def comparison_text(comparison: Comparison) -> str:
+    """A compact table of the comparison: one line per sampler and budget, then agreement."""
+    lines = [f"{'complete' if comparison.complete else 'INCOMPLETE'} comparison over {comparison.features} features "
+             f"(k = {comparison.k}, {comparison.heldout_masks} shared held-out masks); "
+             f"{comparison.closed_model_calls} closed-model call(s), {comparison.surrogate_passes} surrogate passes, "
+             f"{comparison.seconds:.1f} s",
+             "sampler budget: LDS | top-k drop vs random-k | seed stability spearman, top-k overlap | passes, s"]
+    for r in comparison.results:
+        stab = "n/a" if r.stability_spearman is None else f"{r.stability_spearman:.2f}"
+        overlap = "n/a" if r.stability_topk_overlap is None else f"{r.stability_topk_overlap:.2f}"
+        lines.append(f"{r.sampler} {r.budget}: {r.lds:+.2f} | {number(r.topk_drop)} vs {number(r.random_k_drop)} | "
+                     f"{stab}, {overlap} | {r.surrogate_passes}, {r.seconds:.1f}")
+    if comparison.agreement:
+        lines.append("agreement between samplers (spearman, top-k overlap):")
+        lines += [f"{a.sampler_a} vs {a.sampler_b} at {a.budget}: "
+                  f"{'n/a' if a.spearman is None else f'{a.spearman:.2f}'}, {a.topk_overlap:.2f}"
+                  for a in comparison.agreement]
+    return "\n".join(lines + [f"note: {n}" for n in comparison.notes])
