@@ -26,6 +26,12 @@ from ropelime.settings import cache_dir
 
 log = logging.getLogger(__name__)
 
+LOGIT_BUDGET = 1 << 26
+"""Largest rows × response tokens × vocabulary logits of one batch (256 MB in fp32): bounds memory."""
+
+SCORE_CHUNK = 1 << 24
+"""Logits turned into scores at once: bounds the temporaries of the divergences."""
+
 EMBEDDED = "gemma3-270m"
 """Name of the embedded default surrogate (Gemma 3 270M, shipped as a PyPI data package)."""
 
@@ -58,6 +64,25 @@ def _resolve_device(device: str | None) -> torch.device:
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DEFAULT_DTYPE = "float32"
+
+
+def _resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """The compute dtype: as asked ('float32', 'bfloat16', $ROPELIME_DTYPE), else bfloat16 where the
+    hardware runs it natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else float32."""
+    dtype = dtype or os.environ.get("ROPELIME_DTYPE") or DEFAULT_DTYPE
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    if dtype != "auto":
+        raise SurrogateError(f"unknown dtype {dtype!r}: give one of {', '.join(DTYPES)} or 'auto'.")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
 
 
 def prepare_embedded(target: Path | None = None) -> Path:
@@ -117,16 +142,22 @@ class Surrogate:
         self.placeholder_id = self._placeholder_id()
         forward = inspect.signature(model.forward).parameters
         self._cache_argument = "cache" if "cache" in forward else "past_key_values"
+        self.reuse_prefix = True
+        """Reuse cached keys and values of a shared prompt start (off only to measure what it saves)."""
         self._prefix: PrefixKV | None = None
         """Keys and values of the last unperturbed prompt given to `reference`, reused by `iter_scores`."""
 
     @classmethod
-    def load(cls, name: str | None = None, *, device: str | None = None) -> Surrogate:
-        """Load the embedded default (None or 'gemma3-270m'), a local directory, a GGUF file or a hub id."""
+    def load(cls, name: str | None = None, *, device: str | None = None, dtype: str | None = None) -> Surrogate:
+        """Load the embedded default (None or 'gemma3-270m'), a local directory, a GGUF file or a hub id.
+
+        `dtype` is the compute dtype ('float32', 'bfloat16' or 'auto'; default $ROPELIME_DTYPE or DEFAULT_DTYPE).
+        """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         name = name or os.environ.get("ROPELIME_SURROGATE") or EMBEDDED
         torch_device = _resolve_device(device)
+        torch_dtype = _resolve_dtype(dtype, torch_device)
         path = Path(name).expanduser()
         try:
             if name == EMBEDDED:
@@ -150,7 +181,7 @@ class Surrogate:
             raise
         except (OSError, ValueError, KeyError) as error:
             raise SurrogateError(f"could not load surrogate {name!r}: {str(error).splitlines()[0]}") from error
-        return cls(model.to(torch_device), tokenizer, name, torch_device)
+        return cls(model.to(torch_device, torch_dtype), tokenizer, name, torch_device)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -246,12 +277,13 @@ class Surrogate:
         for i, prefix in enumerate(prefixes):
             groups.setdefault(tuple(prefix), []).append(i)
         unique = [list(key) for key in groups]
-        cached = self._shared_prefix(unique)
+        cached = self._shared_prefix(unique) if self.reuse_prefix else None
         reusable = [cached.reusable(p) if cached else 0 for p in unique]
         work = [len(p) + len(response) - 1 - k for p, k in zip(unique, reusable)]
+        max_rows = max(1, LOGIT_BUDGET // (len(response) * self.model.config.get_text_config().vocab_size))
         batch: list[int] = []
         for u in sorted(range(len(unique)), key=work.__getitem__):
-            if batch and work[u] * (len(batch) + 1) > max_batch_tokens:
+            if batch and (work[u] * (len(batch) + 1) > max_batch_tokens or len(batch) == max_rows):
                 yield self._yield_batch(batch, unique, groups, reusable, cached, response, reference)
                 batch = []
             batch.append(u)
@@ -284,23 +316,30 @@ class Surrogate:
         return rows, out
 
     def _token_scores(self, logits: torch.Tensor, response: list[int], reference) -> list[TokenScores]:
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        target = torch.tensor(response, device=logprobs.device)
-        token_logp = logprobs.gather(-1, target.expand(len(logprobs), -1).unsqueeze(-1)).squeeze(-1)
-        kl = js = None
+        """log p of each response token and, given the reference (T, V), KL and JS to it; a few rows at a time."""
+        target = torch.tensor(response, device=logits.device)
         if reference is not None:
-            ref = reference.unsqueeze(0)
-            p_ref = ref.exp()
-            kl = (p_ref * (ref - logprobs)).sum(-1)
-            mix = torch.logaddexp(ref, logprobs) - np.log(2.0)
-            js = 0.5 * (p_ref * (ref - mix)).sum(-1) + 0.5 * (logprobs.exp() * (logprobs - mix)).sum(-1)
-        rows = []
-        for r in range(len(logprobs)):
-            rows.append(TokenScores(
-                token_logp[r].double().cpu().numpy(),
-                None if kl is None else kl[r].double().cpu().numpy(),
-                None if js is None else js[r].double().cpu().numpy(),
-            ))
+            p_ref = reference.exp()
+            ref_entropy = -torch.special.xlogy(p_ref, p_ref).sum(-1)
+        rows: list[TokenScores] = []
+        step = max(1, SCORE_CHUNK // (logits.shape[1] * logits.shape[2]))
+        for start in range(0, len(logits), step):
+            logprobs = torch.log_softmax(logits[start:start + step].float(), dim=-1)
+            token_logp = logprobs.gather(-1, target.expand(len(logprobs), -1).unsqueeze(-1)).squeeze(-1)
+            kl = js = None
+            if reference is not None:
+                kl = (p_ref * (reference - logprobs)).sum(-1)
+                q = logprobs.exp()
+                mix = 0.5 * (p_ref + q)
+                # JS = H(mix) - (H(p) + H(q)) / 2
+                js = -torch.special.xlogy(mix, mix).sum(-1) - 0.5 * (ref_entropy - (q * logprobs).sum(-1))
+                js = js.clamp(min=0)
+            for r in range(len(logprobs)):
+                rows.append(TokenScores(
+                    token_logp[r].double().cpu().numpy(),
+                    None if kl is None else kl[r].double().cpu().numpy(),
+                    None if js is None else js[r].double().cpu().numpy(),
+                ))
         return rows
 
     def _forward(self, rows: list[list[int]], reusable: list[int], cached: PrefixKV | None, keep: int,

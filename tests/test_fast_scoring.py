@@ -45,12 +45,25 @@ def tiny_gemma(tiny_model_dir, tmp_path_factory) -> Surrogate:
     return Surrogate.load(str(path), device="cpu")
 
 
-def plain_logp(surrogate: Surrogate, prefix: list[int], response: list[int]) -> np.ndarray:
-    """log p(response | prefix) from one full-logits forward of this prompt alone, no cache."""
+def plain_distributions(surrogate: Surrogate, prefix: list[int], response: list[int]) -> torch.Tensor:
+    """Log-distributions at the response positions from one full-logits forward of this prompt alone, no cache."""
     with torch.no_grad():
         logits = surrogate.model(torch.tensor([prefix + response])).logits[0].float()
-    logp = torch.log_softmax(logits, -1)
-    return np.array([logp[len(prefix) - 1 + t, token].item() for t, token in enumerate(response)])
+    return torch.log_softmax(logits, -1)[len(prefix) - 1:len(prefix) - 1 + len(response)]
+
+
+def plain_logp(surrogate: Surrogate, prefix: list[int], response: list[int]) -> np.ndarray:
+    """log p(response | prefix), plainly."""
+    logp = plain_distributions(surrogate, prefix, response)
+    return logp[torch.arange(len(response)), torch.tensor(response)].numpy()
+
+
+def plain_divergences(p: torch.Tensor, q: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """KL(p || q) and JS(p, q) per position from log-distributions, by their definitions."""
+    kl = (p.exp() * (p - q)).sum(-1)
+    m = torch.log(0.5 * (p.exp() + q.exp()))
+    js = 0.5 * (p.exp() * (p - m)).sum(-1) + 0.5 * (q.exp() * (q - m)).sum(-1)
+    return kl.numpy(), js.numpy()
 
 
 def perturbed_prompts(surrogate: Surrogate, budget: int, mode: str = "delete"):
@@ -83,6 +96,12 @@ def test_engine_attributions_equal_the_plain_loop(model, mode, request):
     plain = np.array([plain_logp(surrogate, p, response) for p in prefixes])
     np.testing.assert_allclose(np.array([r.logp for r in rows]), plain, atol=1e-4)
     np.testing.assert_allclose(rows[0].kl, 0, atol=1e-5)
+    np.testing.assert_allclose(rows[0].js, 0, atol=1e-5)
+    reference = plain_distributions(surrogate, prefixes[0], response)
+    for prefix, row in zip(prefixes[1:8], rows[1:8]):
+        kl, js = plain_divergences(reference, plain_distributions(surrogate, prefix, response))
+        np.testing.assert_allclose(row.kl, kl, atol=1e-4)
+        np.testing.assert_allclose(row.js, js, atol=1e-4)
 
     weights = np.ones(len(masks))
     fast = fit_linear(masks.astype(float), target_vector(rows, "nll"), weights, solver="ridge", alpha=1.0, seed=0)
