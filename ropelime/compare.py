@@ -23,12 +23,13 @@ from scipy.stats import spearmanr
 
 from ropelime.cache import ScoreCache
 from ropelime.errors import InputError
-from ropelime.explain import Cancelled, Progress, load_surrogate
+from ropelime.explain import Cancelled, Progress, explanation_id, load_surrogate
 from ropelime.explain import explain as run_explain
 from ropelime.features import find_explain_span, split_features
 from ropelime.faithfulness import default_k, evaluate_faithfulness, scores_vector
 from ropelime.schema import ExplainConfig, Explanation, Sampler
 from ropelime.settings import cache_dir
+from ropelime.store import ExplanationStore
 from ropelime.surrogate import Surrogate
 
 DEFAULT_SAMPLERS: tuple[Sampler, ...] = ("sparse_k", "loo", "bernoulli")
@@ -47,8 +48,8 @@ class Run(BaseModel):
     lds: float
     topk_drop: float
     random_k_drop: float
-    surrogate_passes: int = Field(description="forward passes this run needed (cached scores cost none)")
-    seconds: float
+    surrogate_passes: int = Field(description="forward passes this call spent on the run (cached scores cost none)")
+    seconds: float = Field(description="seconds this call spent on the run (a finished run is reused)")
 
 
 class SamplerResult(BaseModel):
@@ -92,7 +93,7 @@ class Comparison(BaseModel):
     agreement: list[Agreement]
     runs: list[Run]
     closed_model_calls: int
-    surrogate_passes: int
+    surrogate_passes: int = Field(description="forward passes this call spent (cached scores cost none)")
     seconds: float
     notes: list[str] = Field(default_factory=list)
 
@@ -141,7 +142,7 @@ def compare_samplers(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     api_base: str | None = None,
-    on_explanation: Callable[[Explanation], None] | None = None,
+    store: ExplanationStore | None = None,
     **options,
 ) -> Comparison:
     """Explain `response` (or `model`'s answer, asked once) with every sampler, budget and seed and compare.
@@ -149,7 +150,8 @@ def compare_samplers(
     `explain` is the substring to attribute; `options` are further `ExplainConfig` fields
     (granularity, target, kernel, ...). With `time_budget_s` the grid stops when the time is up
     (smallest budgets first) and the result says it is incomplete; calling again resumes from the
-    cached scores. `on_explanation` receives every finished run's explanation (e.g. to store it).
+    cached scores. With a `store`, every finished run's explanation is saved there and a run
+    already in it is reused, so calling again does not re-fit finished runs.
     Raises InputError, ClosedModelError, Cancelled.
     """
     started = time.perf_counter()
@@ -160,8 +162,8 @@ def compare_samplers(
     if min(budgets) < 1:
         raise InputError(f"budgets must be positive numbers of perturbed prompts, got {min(budgets)}.")
     config = ExplainConfig(**options)
-    d = len(split_features(prompt, config.granularity, explain=find_explain_span(prompt, explain),
-                           segments=config.segments))
+    span = find_explain_span(prompt, explain)
+    d = len(split_features(prompt, config.granularity, explain=span, segments=config.segments))
     if d < 2:
         raise InputError(f"comparing samplers needs at least two features, the text to explain has {d}; "
                          "use a finer granularity or a longer text to explain.")
@@ -190,22 +192,29 @@ def compare_samplers(
         if remaining is not None and remaining <= 0:
             complete = False
             break
+        run_started, passes = time.perf_counter(), 0
         run_config = config.model_copy(update={"sampler": sampler, "budget": budget, "seed": seed,
                                                "time_budget_s": remaining})
-        result = run_explain(prompt, response, system=system, explain=explain, config=run_config,
-                             surrogate=surrogate, cache=cache, should_stop=should_stop)
-        if not result.diagnostics.complete:
-            complete = False
-            break
+        run_id = explanation_id(prompt, system, span, response, run_config, surrogate.name)
+        result = store.get(run_id) if store else None
+        if result is None or not result.diagnostics.complete:
+            result = run_explain(prompt, response, system=system, explain=explain, config=run_config,
+                                 surrogate=surrogate, cache=cache, should_stop=should_stop)
+            passes = result.cost.surrogate_forward_passes
+            if not result.diagnostics.complete:
+                complete = False
+                break
+            if store:
+                store.save(result)
+            if deadline is not None and time.perf_counter() > deadline:  # its faithfulness check comes next call
+                complete = False
+                break
         faith = evaluate_faithfulness(result, heldout=heldout, k=k, seed=0, surrogate=surrogate, cache=cache)
         explanations[budget, sampler, seed] = result
-        if on_explanation:
-            on_explanation(result)
         runs.append(Run(sampler=sampler, budget=budget, seed=seed, explanation_id=result.id,
                         samples=result.diagnostics.samples, lds=faith.lds, topk_drop=faith.topk_drop,
-                        random_k_drop=faith.random_k_drop,
-                        surrogate_passes=result.cost.surrogate_forward_passes + faith.cost.surrogate_forward_passes,
-                        seconds=round(result.cost.seconds + faith.cost.seconds, 3)))
+                        random_k_drop=faith.random_k_drop, surrogate_passes=passes + faith.cost.surrogate_forward_passes,
+                        seconds=round(time.perf_counter() - run_started, 3)))
     if progress:
         progress(len(runs), len(grid))
     if not complete:

@@ -47,6 +47,13 @@ class ExplanationStore:
             raise
         return path
 
+    def get(self, explanation_id: str) -> Explanation | None:
+        """The stored explanation, or None when there is none or it is unreadable."""
+        try:
+            return self.load(explanation_id)
+        except InputError:
+            return None
+
     def load(self, explanation_id: str) -> Explanation:
         """The stored explanation; InputError when there is none (or it is unreadable)."""
         path = self.path(explanation_id)

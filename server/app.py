@@ -208,7 +208,7 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
                                     samplers=samplers, budgets=budgets, seeds=seeds, time_budget_s=time_budget_s,
                                     surrogate=engine.surrogate, cache=engine.cache, progress=progress,
                                     should_stop=should_stop, api_base=engine.api_base,
-                                    on_explanation=engine.store.save, granularity=granularity)
+                                    store=engine.store, granularity=granularity)
 
             comparison = await run_job(ctx, job)
             plot = []

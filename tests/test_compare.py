@@ -9,6 +9,7 @@ import pytest
 from ropelime.cache import ScoreCache
 from ropelime.compare import Comparison, compare_samplers, plot_faithfulness, rank_correlation, topk_overlap
 from ropelime.errors import InputError
+from ropelime.store import ExplanationStore
 from tests.openai_stub import OpenAIStub
 
 CONTEXT = "The sky is blue. Paris is the capital of France. Cats sleep a lot. The bridge was designed by Mara."
@@ -72,11 +73,17 @@ def test_time_budget_returns_what_is_done_and_a_second_call_resumes(tiny_surroga
     assert [r.lds for r in resumed.runs[:len(partial.runs)]] == [r.lds for r in partial.runs]
 
 
-def test_every_finished_explanation_is_handed_over(tiny_surrogate, cache):
-    handed = []
-    result = run(tiny_surrogate, cache, samplers=["loo", "sparse_k"], budgets=[4], seeds=[0],
-                 on_explanation=handed.append)
-    assert [e.id for e in handed] == [r.explanation_id for r in result.runs]
+def test_finished_runs_are_stored_and_reused_from_the_store(tiny_surrogate, cache, tmp_path):
+    store = ExplanationStore(tmp_path / "explanations")
+    grid = {"samplers": ["loo", "sparse_k"], "budgets": [4], "seeds": [0]}
+    first = run(tiny_surrogate, cache, store=store, **grid)
+    stored = store.load(first.runs[0].explanation_id)
+    flipped = [f.model_copy(update={"score": -f.score}) for f in stored.features]
+    store.save(stored.model_copy(update={"features": flipped}))  # the second call must read this, not re-fit
+    again = run(tiny_surrogate, cache, store=store, **grid)
+    assert again.runs[0].lds == pytest.approx(-first.runs[0].lds)
+    assert again.runs[1].lds == pytest.approx(first.runs[1].lds)
+    assert again.surrogate_passes == 0
 
 
 def test_a_closed_model_is_asked_once_for_the_whole_comparison(tiny_surrogate, cache, monkeypatch):
