@@ -141,6 +141,8 @@ def _eval_parser(sub) -> None:
                    help="serve this local model (directory or .gguf) on 127.0.0.1 as the closed model")
     c.add_argument("--max-tokens", type=int, default=48, help="longest closed-model answer")
     p.add_argument("--heldout", type=int, default=32, help="held-out masks for LDS (0 = no faithfulness)")
+    p.add_argument("--reuse-scores", action="store_true",
+                   help="score explanations through the persistent cache (refits cost nothing; cost counts new scoring only)")
     p.add_argument("--json", metavar="OUT", help="write the report (records and summary) to this file")
 
 
@@ -196,7 +198,7 @@ def run_eval(args, argv: list[str]) -> int:
                     Path(args.json).write_text(json.dumps({**head, **report}, indent=1), encoding="utf-8")
 
             report = run_evaluation(items, methods, config, budget=budget, surrogate=surrogate, closed=closed,
-                                    heldout=args.heldout, step=step, checkpoint=save)
+                                    heldout=args.heldout, reuse_scores=args.reuse_scores, step=step, checkpoint=save)
             bar.update(task, completed=len(items) * len(methods))
     if args.json:
         err.print(f"wrote {args.json}")

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ropelime.cache import ScoreCache
+from ropelime.features import find_explain_span, split_features
 from ropelime.schema import ExplainConfig, Explanation, Feature, Granularity
 from ropelime.surrogate import Surrogate
 
@@ -156,6 +157,13 @@ class Closed(BaseModel):
     timeout: float = 120.0
 
 
+def feature_count(item: Item) -> int:
+    """d, the number of features of the item."""
+    if item.segments:
+        return len(item.segments)
+    return len(split_features(item.prompt, item.granularity, explain=find_explain_span(item.prompt, item.explain)))
+
+
 def method_config(method: str, config: ExplainConfig, budget: int | Literal["d"], d: int) -> ExplainConfig:
     """The evaluated config (method 'ropelime') or a baseline's, at the budget (a number or 'd')."""
     update = dict(BASELINES.get(method, {}))
@@ -164,12 +172,14 @@ def method_config(method: str, config: ExplainConfig, budget: int | Literal["d"]
 
 
 def explain_item(item: Item, method: str, config: ExplainConfig, response: str, surrogate: Surrogate,
-                 closed: Closed | None) -> Explanation:
-    """One explanation of the item's fixed response by one method, with a fresh score cache (honest cost)."""
+                 closed: Closed | None, cache: ScoreCache | None = None) -> Explanation:
+    """One explanation of the item's fixed response by one method, through `cache` (default: a fresh
+    one, so the cost is what a user with an empty cache pays)."""
     from ropelime.explain import explain
 
     with tempfile.TemporaryDirectory(prefix="ropelime-eval-") as scratch:
-        cache = ScoreCache(Path(scratch) / "scores.sqlite")
+        fresh = cache is None
+        cache = ScoreCache(Path(scratch) / "scores.sqlite") if fresh else cache
         try:
             if method == "gsmile":
                 if closed is None:
@@ -182,13 +192,19 @@ def explain_item(item: Item, method: str, config: ExplainConfig, response: str, 
             return explain(item.prompt, response, explain=item.explain, config=config, surrogate=surrogate,
                            cache=cache)
         finally:
-            cache.close()
+            if fresh:
+                cache.close()
 
 
 def evaluate_item(item: Item, methods: list[str], config: ExplainConfig, *, budget: int | Literal["d"],
                   surrogate: Surrogate, closed: Closed | None = None, heldout: int = 32,
-                  faith_cache: ScoreCache | None = None, step: Callable[[str], None] | None = None) -> list[dict]:
-    """Per-method records for one item: agreement, faithfulness (nll, delete) and cost."""
+                  faith_cache: ScoreCache | None = None, reuse_scores: bool = False,
+                  step: Callable[[str], None] | None = None) -> list[dict]:
+    """Per-method records for one item: agreement, faithfulness (nll, delete) and cost.
+
+    With `reuse_scores` the explanations also score through `faith_cache` (the persistent cache):
+    refits of the same masks (another target, kernel or solver) then cost no surrogate pass.
+    """
     from ropelime.faithfulness import evaluate_faithfulness
 
     response, closed_calls = item.answer, 0
@@ -207,19 +223,16 @@ def evaluate_item(item: Item, methods: list[str], config: ExplainConfig, *, budg
         record: dict[str, Any] = {"id": item.id, "method": method, "response": response}
         try:
             started = time.perf_counter()
-            d = len(item.segments) if item.segments else None
-            if d is None:
-                from ropelime.features import find_explain_span, split_features
-
-                d = len(split_features(item.prompt, item.granularity, explain=find_explain_span(item.prompt, item.explain)))
-            cfg = method_config(method, base, budget, d)
-            result = explain_item(item, method, cfg, response, surrogate, closed)
+            cfg = method_config(method, base, budget, feature_count(item))
+            result = explain_item(item, method, cfg, response, surrogate, closed,
+                                  cache=faith_cache if reuse_scores else None)
             features = sorted(result.features, key=lambda f: f.index)
             gold = gold_labels(features, item.gold_spans)
             scores = np.array([f.score for f in features])
             record |= {"d": len(features), "gold": int(gold.sum()), **agreement(scores, gold),
                        "closed_calls": result.cost.closed_model_calls if method == "gsmile" else closed_calls,
                        "surrogate_passes": result.cost.surrogate_forward_passes, "samples": result.diagnostics.samples,
+                       "cached_samples": result.cost.cached_samples,
                        "seconds": round(time.perf_counter() - started, 2), "r2": result.diagnostics.r2,
                        "surrogate_nll": result.diagnostics.surrogate_nll}
             if heldout > 0 and len(features) >= 2:
@@ -248,13 +261,13 @@ def summarise(records: list[dict], methods: list[str], seed: int = 0) -> dict[st
 
 def run_evaluation(items: list[Item], methods: list[str], config: ExplainConfig, *, budget: int | Literal["d"],
                    surrogate: Surrogate, closed: Closed | None = None, heldout: int = 32,
-                   step: Callable[[str, str], None] | None = None,
+                   reuse_scores: bool = False, step: Callable[[str, str], None] | None = None,
                    checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Evaluate every method on every item; the report holds the per-item records and the summary.
 
     Faithfulness masks are scored through the persistent score cache (shared by the methods of an
-    item); explanations use fresh caches so their cost is what a user would pay. `checkpoint` gets
-    the report so far after every item (`complete` False until the last).
+    item); explanations use fresh caches so their cost is what a user would pay, unless
+    `reuse_scores`. `checkpoint` gets the report so far after every item (`complete` False until the last).
     """
     from ropelime.explain import default_cache
 
@@ -270,16 +283,18 @@ def run_evaluation(items: list[Item], methods: list[str], config: ExplainConfig,
                             exclude={"segments", "granularity", "time_budget_s", "budget"}))
                     for m in methods},
         "faithfulness": {"target": "nll", "perturb": "delete", "heldout_masks": heldout},
+        "scores": "persistent cache (cost counts only new scoring)" if reuse_scores else "fresh cache per explanation",
     }
     records: list[dict] = []
     report: dict[str, Any] = {}
     for done, item in enumerate(items, start=1):
-        records += evaluate_item(item, methods, config, budget=budget, surrogate=surrogate, closed=closed,
-                                 heldout=heldout, faith_cache=default_cache(),
-                                 step=(lambda method, item=item: step(item.id, method)) if step else None)
-        report = {**head, "items": done, "complete": done == len(items),
-                  "errors": sum("error" in r for r in records),
-                  "summary": summarise(records, methods, seed=config.seed), "records": records}
-        if checkpoint:
-            checkpoint(report)
+        for method in methods:  # one at a time, so a long run saves every finished explanation
+            records += evaluate_item(item, [method], config, budget=budget, surrogate=surrogate, closed=closed,
+                                     heldout=heldout, faith_cache=default_cache(), reuse_scores=reuse_scores,
+                                     step=(lambda m, item=item: step(item.id, m)) if step else None)
+            report = {**head, "items": done, "complete": done == len(items) and method == methods[-1],
+                      "errors": sum("error" in r for r in records),
+                      "summary": summarise(records, methods, seed=config.seed), "records": records}
+            if checkpoint:
+                checkpoint(report)
     return report

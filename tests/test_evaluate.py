@@ -148,3 +148,18 @@ def test_load_items_limits_and_rejects_unknown_tasks(tmp_path):
     assert len(load_items("mmlu", MMLU, limit=3)) == 3
     with pytest.raises(ValueError, match="unknown task"):
         load_items("squad", MMLU)  # type: ignore[arg-type]
+
+
+def test_eval_reuse_scores_refits_without_surrogate_passes(tiny_model_dir, tmp_path):
+    from ropelime.cli import main
+    from ropelime.explain import default_cache
+
+    default_cache.cache_clear()  # the process-wide cache must live in this test's cache directory
+
+    common = ["eval", "mmlu", "--data", str(MMLU), "--limit", "1", "--budget", "5", "--heldout", "0",
+              "--surrogate", str(tiny_model_dir), "--device", "cpu", "--reuse-scores"]
+    assert main([*common, "--json", str(tmp_path / "a.json")]) == 0
+    assert main([*common, "--target", "kl", "--kernel", "cosine", "--json", str(tmp_path / "b.json")]) == 0
+    first, again = (json.loads((tmp_path / f"{n}.json").read_text())["records"][0] for n in "ab")
+    assert first["surrogate_passes"] > 0 and first["cached_samples"] == 0
+    assert again["surrogate_passes"] == 0 and again["cached_samples"] == again["samples"]

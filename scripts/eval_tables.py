@@ -1,0 +1,123 @@
+"""Markdown tables and the quality-vs-budget plot from `ropelime eval --json` reports.
+
+    python scripts/eval_tables.py docs/results/mmlu_b64.json ...        # one table per report
+    python scripts/eval_tables.py --compact docs/results/refit/*.json  # one row per report and method
+    python scripts/eval_tables.py --plot docs/eval_budget.png docs/results/sweep_*.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from ropelime.evaluate import mean_ci
+
+COLUMNS = [("auroc", "AUROC", 3), ("ap", "AP", 3), ("p_at_k", "P@k", 3), ("lds", "LDS", 3),
+           ("topk_minus_random", "top-k − random-k drop", 3), ("closed_calls", "closed calls", 1),
+           ("surrogate_passes", "surrogate passes", 1), ("seconds", "s / item", 1)]
+
+
+def cell(stat: dict, digits: int) -> str:
+    if not stat["n"] or math.isnan(stat["mean"]):
+        return "–"
+    return f"{stat['mean']:.{digits}f} [{stat['low']:.{digits}f}, {stat['high']:.{digits}f}]"
+
+
+def table(report: dict, path: str) -> str:
+    lines = [f"`{path}` — {report['task']}, {report['items']} items{'' if report.get('complete') else ' (partial)'}, "
+             f"budget {report['budget']}, fixed output: {report['fixed_output']}, surrogate {report['surrogate']}",
+             "",
+             "| method | n | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+             "|---" * (len(COLUMNS) + 2) + "|"]
+    for method, summary in report["summary"].items():
+        lines.append(f"| {method} | {summary['auroc']['n']} | "
+                     + " | ".join(cell(summary[key], digits) for key, _, digits in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def paired(report: dict, reference: str = "ropelime", metrics: tuple[str, ...] = ("auroc", "ap", "lds")) -> str:
+    """Per baseline: mean paired difference (reference − baseline) over the items both finished."""
+    by = {(r["method"], r["id"]): r for r in report["records"] if "error" not in r}
+    lines = []
+    for method in report["summary"]:
+        if method == reference:
+            continue
+        parts = []
+        for metric in metrics:
+            diffs = [by[(reference, i)][metric] - r[metric] for (m, i), r in by.items()
+                     if m == method and (reference, i) in by and metric in r and metric in by[(reference, i)]]
+            stat = mean_ci(diffs)
+            parts.append(f"{metric} {cell(stat, 3)} (n={stat['n']})")
+        lines.append(f"- {reference} − {method}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def compact(reports: list[dict], paths: list[str]) -> str:
+    """One row per report and method, labelled by the file name: for sweeps of one option."""
+    lines = ["| variant | method | n | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+             "|---" * (len(COLUMNS) + 3) + "|"]
+    for report, path in zip(reports, paths):
+        for method, summary in report["summary"].items():
+            lines.append(f"| {Path(path).stem} | {method} | {summary['auroc']['n']} | "
+                         + " | ".join(cell(summary[key], digits) for key, _, digits in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def plot(reports: list[dict], out: Path, metric: str = "auroc") -> None:
+    """Mean metric with its interval against the budget, one line per method/sampler."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[float, dict]]] = {}
+    for report in reports:
+        for method, summary in report["summary"].items():
+            sampler = report["methods"][method]["sampler"] if isinstance(report["methods"][method], dict) else method
+            label = f"{method} ({sampler})" if method == "ropelime" else method
+            budget = summary["surrogate_passes"]["mean"] if report["budget"] == "d" else report["budget"]
+            series.setdefault(label, []).append((float(report["budget"] if report["budget"] != "d" else budget),
+                                                 summary[metric]))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in sorted(series.items()):
+        points.sort(key=lambda p: p[0])
+        x = [p[0] for p in points]
+        mean = [p[1]["mean"] for p in points]
+        ax.errorbar(x, mean, yerr=[[m - p[1]["low"] for m, p in zip(mean, points)],
+                                   [p[1]["high"] - m for m, p in zip(mean, points)]],
+                    marker="o", capsize=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("budget (perturbed prompts)")
+    ax.set_ylabel(metric.upper())
+    ax.axhline(0.5, color="grey", lw=0.5, ls="--")
+    ax.legend(fontsize=8)
+    n = {r["items"] for r in reports}
+    ax.set_title(f"{reports[0]['task']}: {metric} vs budget ({'/'.join(map(str, sorted(n)))} items)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("reports", nargs="+")
+    parser.add_argument("--plot", metavar="PNG", help="plot AUROC against budget from these reports")
+    parser.add_argument("--compact", action="store_true", help="one table, one row per report and method")
+    args = parser.parse_args()
+    reports = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.reports]
+    if args.plot:
+        plot(reports, Path(args.plot))
+        print(f"wrote {args.plot}")
+        return
+    if args.compact:
+        print(compact(reports, args.reports))
+        return
+    for report, path in zip(reports, args.reports):
+        print(table(report, path), end="\n\n")
+        if "ropelime" in report["summary"] and len(report["summary"]) > 1:
+            print("Paired differences, mean [95% bootstrap interval]:\n" + paired(report), end="\n\n")
+
+
+if __name__ == "__main__":
+    main()
