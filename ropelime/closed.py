@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 TEMPERATURE = 0.0
 BACKOFF_S = 0.5  # first retry delay; doubles per attempt unless the provider sends Retry-After
 MAX_DELAY_S = 20.0
-FALLBACK = "or pass the response yourself with --response"
+FALLBACK = "or pass the response yourself (--response on the command line, response= in the library and MCP tools)"
 
 _SECRET_PATTERNS = [
     re.compile(r"\b(sk|pk|rk)-[A-Za-z0-9_\-]{6,}"),  # OpenAI, Anthropic (sk-ant-...), and lookalikes

@@ -1,12 +1,18 @@
-"""Weighted linear surrogate of the target over the masks, with bootstrap confidence intervals."""
+"""Weighted linear surrogate of the target over the masks, with bootstrap confidence intervals.
+
+Ridge and OLS are solved in closed form, every bootstrap draw at once (the normal equations of the
+weighted, centred problem; the intercept is not penalised, as in scikit-learn); lasso uses
+scikit-learn's coordinate descent.
+"""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import Lasso, LinearRegression, Ridge
+from sklearn.linear_model import Lasso
 
 from ropelime.schema import Solver
 
@@ -28,23 +34,43 @@ class LinearFit:
         return self.intercept + masks.astype(np.float64) @ self.coef
 
 
-def _estimator(solver: Solver, alpha: float):
-    if solver == "ridge":
-        return Ridge(alpha=alpha)
-    if solver == "ols":
-        return LinearRegression()
-    if solver == "lasso":
-        return Lasso(alpha=alpha, max_iter=5000)
-    raise ValueError(f"unknown solver {solver!r}: choose ridge, ols or lasso")
+def _normal_equations(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted ridge (alpha > 0) or minimum-norm OLS (alpha = 0) for each row of weights w (B, n).
+
+    Returns intercepts (B,) and coefficients (B, d).
+    """
+    total = w.sum(axis=1, keepdims=True)
+    x_mean = (w @ x) / total
+    y_mean = (w @ y)[:, None] / total
+    gram = np.einsum("bn,ni,nj->bij", w, x, x) - total[:, :, None] * x_mean[:, :, None] * x_mean[:, None, :]
+    moment = w @ (x * y[:, None]) - total * x_mean * y_mean
+    if alpha > 0:
+        coef = np.linalg.solve(gram + alpha * np.eye(x.shape[1]), moment[:, :, None])[:, :, 0]
+    else:
+        coef = np.einsum("bij,bj->bi", np.linalg.pinv(gram, hermitian=True), moment)
+    return y_mean[:, 0] - np.einsum("bd,bd->b", x_mean, coef), coef
+
+
+def _solve_many(x: np.ndarray, y: np.ndarray, w: np.ndarray, solver: Solver,
+                alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Intercepts (B,) and coefficients (B, d), one fit per row of weights w (B, n)."""
+    if solver in ("ridge", "ols"):
+        return _normal_equations(x, y, w, alpha if solver == "ridge" else 0.0)
+    if solver != "lasso":
+        raise ValueError(f"unknown solver {solver!r}: choose ridge, ols or lasso")
+    intercepts, coefs = np.empty(len(w)), np.empty((len(w), x.shape[1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for b, weights in enumerate(w):
+            used = weights > 0
+            model = Lasso(alpha=alpha, max_iter=5000).fit(x[used], y[used], sample_weight=weights[used])
+            intercepts[b], coefs[b] = model.intercept_, model.coef_
+    return intercepts, coefs
 
 
 def _solve(x: np.ndarray, y: np.ndarray, w: np.ndarray, solver: Solver, alpha: float) -> tuple[float, np.ndarray]:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model = _estimator(solver, alpha).fit(x, y, sample_weight=w)
-    return float(model.intercept_), np.asarray(model.coef_, dtype=np.float64)
+    intercepts, coefs = _solve_many(x, y, w[None, :], solver, alpha)
+    return float(intercepts[0]), coefs[0]
 
 
 def _lasso_alpha_max(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
@@ -94,10 +120,10 @@ def fit_linear(
 
     rng = np.random.default_rng(seed)
     weighted = np.flatnonzero(w > 0)  # rows of zero weight change no fit: resample the others
-    draws = np.empty((bootstrap, x.shape[1]))
+    counts = np.zeros((bootstrap, len(y)))
     for b in range(bootstrap):
-        rows = rng.choice(weighted, len(weighted))
-        draws[b] = _solve(x[rows], y[rows], w[rows], solver, alpha)[1]
+        np.add.at(counts[b], rng.choice(weighted, len(weighted)), 1.0)
+    draws = _solve_many(x, y, counts * w, solver, alpha)[1]
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(draws, [tail, 100 - tail], axis=0)
     r2 = weighted_r2(y, intercept + x @ coef, w)

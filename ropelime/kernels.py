@@ -32,11 +32,15 @@ def mask_cosine_distance(masks: np.ndarray) -> np.ndarray:
 
 
 def weights_from_distances(distances: np.ndarray, width: float, normalise: bool = True) -> np.ndarray:
-    """sqrt(exp(-D²/σ²)), with D divided by its largest finite value first when `normalise`."""
+    """sqrt(exp(-D²/σ²)), with D divided by its largest finite value first when `normalise`.
+
+    An infinite distance (every prompt token removed) counts as the largest finite one, so such a
+    mask still weighs a little instead of nothing.
+    """
     distances = np.asarray(distances, dtype=np.float64)
     finite = distances[np.isfinite(distances)]
-    scale = finite.max() if normalise and finite.size and finite.max() > 0 else 1.0
-    scaled = np.nan_to_num(distances / scale, posinf=np.inf)
+    largest = finite.max() if finite.size and finite.max() > 0 else 1.0
+    scaled = np.where(np.isfinite(distances), distances, largest) / (largest if normalise else 1.0)
     return np.sqrt(np.exp(-(scaled ** 2) / width ** 2))
 
 

@@ -170,3 +170,11 @@ def test_control_characters_and_one_huge_word_are_explained(tiny_surrogate, cach
     result = ropelime.explain(prompt, RESPONSE, surrogate=tiny_surrogate, cache=cache, granularity="word", budget=8)
     assert "".join(f.text for f in result.features) == prompt
     assert any(len(f.text) > 3000 for f in result.features)
+
+
+@pytest.mark.parametrize("kernel", ["rwmd_rope", "cosine", "uniform"])
+def test_a_single_feature_is_explained(tiny_surrogate, cache, kernel):
+    result = ropelime.explain("Paris is the capital of France.", RESPONSE, surrogate=tiny_surrogate, cache=cache,
+                              granularity="sentence", kernel=kernel)
+    assert len(result.features) == 1 and result.features[0].rank == 1
+    assert np.isfinite(result.features[0].score) and result.diagnostics.samples == 2

@@ -79,3 +79,16 @@ def test_fit_never_returns_nan(n, d, solver, data):
     for values in (fit.coef, fit.ci_low, fit.ci_high, [fit.intercept, fit.r2]):
         assert np.all(np.isfinite(values))
     assert np.all(fit.ci_low <= fit.coef) and np.all(fit.coef <= fit.ci_high)
+
+
+@pytest.mark.parametrize("solver", ["ridge", "ols"])
+def test_closed_form_equals_scikit_learn(solver):
+    from sklearn.linear_model import LinearRegression, Ridge
+
+    masks, y, _ = planted(n=60, noise=0.3)
+    weights = np.random.default_rng(3).random(60)
+    fit = fit_linear(masks, y, weights, solver=solver, alpha=2.0)
+    w = weights / weights.mean()
+    reference = (Ridge(alpha=2.0) if solver == "ridge" else LinearRegression()).fit(masks, y, sample_weight=w)
+    np.testing.assert_allclose(fit.coef, reference.coef_, atol=1e-8)
+    np.testing.assert_allclose(fit.intercept, reference.intercept_, atol=1e-8)

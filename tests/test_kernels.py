@@ -50,3 +50,8 @@ def test_kernel_weights():
     # normalised: scaling all distances does not change the weights
     np.testing.assert_allclose(weights_from_distances(np.array([0, 2, 8.0]), 0.5),
                                weights_from_distances(np.array([0, 20, 80.0]), 0.5))
+
+
+def test_removing_every_token_still_weighs_a_little():
+    weights = weights_from_distances(np.array([0.0, 2.0, np.inf]), 0.5)
+    assert weights[0] == 1 and weights[2] == weights[1] > 0
