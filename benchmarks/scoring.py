@@ -17,7 +17,8 @@ model weights included) is its own:
 - engine variants on all prompts: output-only logits, length-bucketed batches and duplicates once
   (`no reuse`), plus the unperturbed prompt's KV cache reused (`reuse`), in fp32 and bf16;
 - explain: `ropelime.explain` end to end with default settings and a fresh score cache; for
-  HotpotQA also with a 40 s time budget, then a second call that resumes from the cache.
+  HotpotQA also with a 40 s time budget, then a second call that resumes from the cache
+  (`--explain-dtypes float32 bfloat16` repeats them in bf16).
 
 tokens = prompt + response tokens of every prompt scored (the work asked for, whatever is reused);
 GFLOP/s and % peak count the FLOPs actually executed (matmuls of the layers, attention, LM head),
@@ -236,50 +237,57 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def print_row(item: str, run: str, r: dict, base: float, peak: dict) -> None:
+    rate = r["tokens"] / r["seconds"]
+    gflops = r["flops"] / r["seconds"] / 1e9
+    print(f"{item:9} {run:22} {r['prompts']:7d} {r['tokens']:7d} {r['seconds']:8.1f} {rate:7.0f} "
+          f"{rate / base:7.2f} {gflops:8.1f} {100 * gflops / peak[r['dtype']]:6.1f} {r['rss_gib']:7.2f}", flush=True)
+
+
 def report(args) -> None:
     peak = run_phase(args, "peak")
     name = args.surrogate or "gemma3-270m (embedded)"
     print(f"surrogate: {name}   budget {args.budget}   threads {torch.get_num_threads()}   "
-          f"matmul peak: fp32 {peak['float32']:.0f} GFLOP/s, bf16 {peak['bfloat16']:.0f} GFLOP/s")
+          f"matmul peak: fp32 {peak['float32']:.0f} GFLOP/s, bf16 {peak['bfloat16']:.0f} GFLOP/s   "
+          f"load average at start {os.getloadavg()[0]:.1f}", flush=True)
     header = (f"{'item':9} {'run':22} {'prompts':>7} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'x plain':>7} "
               f"{'GFLOP/s':>8} {'% peak':>6} {'RSS GiB':>7}")
     for item in args.items:
         index = args.hotpot_index if item == "hotpotqa" else args.mmlu_index
-        print(f"\n{header}")
-        runs = {"plain": run_phase(args, "plain", item=item, index=index)}
-        for run in args.runs:
-            for attempt in range(args.repeat):
-                result = run_phase(args, "engine", item=item, index=index, run=run)
-                if run not in runs or result["seconds"] < runs[run]["seconds"]:
-                    runs[run] = result
-        base = runs["plain"]["tokens"] / runs["plain"]["seconds"]
-        for run, r in runs.items():
-            rate = r["tokens"] / r["seconds"]
-            gflops = r["flops"] / r["seconds"] / 1e9
-            print(f"{item:9} {run:22} {r['prompts']:7d} {r['tokens']:7d} {r['seconds']:8.1f} {rate:7.0f} "
-                  f"{rate / base:7.2f} {gflops:8.1f} {100 * gflops / peak[r['dtype']]:6.1f} {r['rss_gib']:7.2f}")
-        plain = runs["plain"]["logp"]
-        for run, r in runs.items():
-            if run != "plain":
-                diff = max(abs(x - y) for a, b in zip(plain, r["logp"]) for x, y in zip(a, b))
-                print(f"  {run}: largest |log p - plain| on the plain loop's {len(plain)} prompts = {diff:.2e}")
-        if "engine fp32 reuse" in runs and "engine bf16 reuse" in runs:
-            a, b = runs["engine fp32 reuse"]["logp"], runs["engine bf16 reuse"]["logp"]
-            diff = max(abs(x - y) for p, q in zip(a, b) for x, y in zip(p, q))
-            ta, tb = nll(a), nll(b)
-            print(f"  bf16 vs fp32 (all {len(a)} prompts): largest |log p diff| {diff:.3f}, largest |nll diff| "
-                  f"{np.max(np.abs(ta - tb)):.3f}, nll rank: Spearman {spearman(ta, tb):.4f}, "
-                  f"{discordant_pairs(ta, tb)} of {len(a) * (len(a) - 1) // 2} mask pairs ordered differently")
-        if not args.no_explain:
-            explains = [("default settings", run_phase(args, "explain", item=item, index=index))]
+        if args.runs:
+            print(f"\n{header}", flush=True)
+            runs = {"plain": run_phase(args, "plain", item=item, index=index)}
+            base = runs["plain"]["tokens"] / runs["plain"]["seconds"]
+            print_row(item, "plain", runs["plain"], base, peak)
+            for run in args.runs:
+                for attempt in range(args.repeat):
+                    result = run_phase(args, "engine", item=item, index=index, run=run)
+                    if run not in runs or result["seconds"] < runs[run]["seconds"]:
+                        runs[run] = result
+                print_row(item, run, runs[run], base, peak)
+            plain = runs["plain"]["logp"]
+            for run, r in runs.items():
+                if run != "plain":
+                    diff = max(abs(x - y) for a, b in zip(plain, r["logp"]) for x, y in zip(a, b))
+                    print(f"  {run}: largest |log p - plain| on the plain loop's {len(plain)} prompts = {diff:.2e}")
+            if "engine fp32 reuse" in runs and "engine bf16 reuse" in runs:
+                a, b = runs["engine fp32 reuse"]["logp"], runs["engine bf16 reuse"]["logp"]
+                diff = max(abs(x - y) for p, q in zip(a, b) for x, y in zip(p, q))
+                ta, tb = nll(a), nll(b)
+                print(f"  bf16 vs fp32 (all {len(a)} prompts): largest |log p diff| {diff:.3f}, largest |nll diff| "
+                      f"{np.max(np.abs(ta - tb)):.3f}, nll rank: Spearman {spearman(ta, tb):.4f}, "
+                      f"{discordant_pairs(ta, tb)} of {len(a) * (len(a) - 1) // 2} mask pairs ordered differently")
+        for dtype in args.explain_dtypes:
+            settings = [("default settings", {})]
             if item == "hotpotqa":
-                explains.append((f"time budget {args.budget_seconds:.0f} s, then resume",
-                                 run_phase(args, "explain", item=item, index=index, time_budget=args.budget_seconds)))
-            for label, e in explains:
+                settings.append((f"time budget {args.budget_seconds:.0f} s, then resume",
+                                 {"time_budget": args.budget_seconds}))
+            for label, extra in settings:
+                e = run_phase(args, "explain", item=item, index=index, dtype=dtype, **extra)
                 calls = "; ".join(f"{c['seconds']:.1f} s, {c['samples']}/{c['planned']} samples"
                                   f"{' complete' if c['complete'] else ' partial'}" for c in e["calls"])
                 print(f"  explain ({label}, {e['dtype']}): {calls}; peak RSS {e['rss_gib']:.2f} GiB "
-                      f"(model load {e['load_seconds']:.1f} s, not counted)")
+                      f"(model load {e['load_seconds']:.1f} s, not counted)", flush=True)
 
 
 def main() -> None:
@@ -290,19 +298,24 @@ def main() -> None:
     parser.add_argument("--hotpot-index", type=int, default=25, help="HotpotQA row (25: 40 sentences, ~1,300 tokens)")
     parser.add_argument("--mmlu-index", type=int, default=0)
     parser.add_argument("--budget", type=int, default=64)
-    parser.add_argument("--runs", nargs="+", default=list(ENGINE_RUNS), choices=list(ENGINE_RUNS))
+    parser.add_argument("--runs", nargs="*", default=list(ENGINE_RUNS), choices=list(ENGINE_RUNS),
+                        help="engine variants to time against the plain loop (none: skip the table)")
     parser.add_argument("--plain-prompts", type=int, default=16, help="prompts the plain loop scores")
     parser.add_argument("--plain-batch", type=int, default=2, help="the plain loop's fixed batch size")
     parser.add_argument("--repeat", type=int, default=1, help="engine runs per variant (the fastest is shown)")
     parser.add_argument("--budget-seconds", type=float, default=40.0, help="time budget of the anytime explain run")
-    parser.add_argument("--no-explain", action="store_true", help="skip the end-to-end explain runs")
+    parser.add_argument("--explain-dtypes", nargs="*", default=["float32"], choices=["float32", "bfloat16"],
+                        help="compute dtypes of the end-to-end explain runs (none: skip them)")
     parser.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--item", help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--time-budget", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.dtype:
+        os.environ["ROPELIME_DTYPE"] = args.dtype
     child(args) if args.phase else report(args)
 
 
