@@ -31,6 +31,10 @@ def serve(args: argparse.Namespace) -> int:
 
     options = EngineOptions.from_env(surrogate=args.surrogate, device=args.device, api_base=args.api_base,
                                      default_model=args.model)
+    if not getattr(args, "verbose", False):  # keep stderr to log lines (and a failure to one line)
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     try:  # load once now, to fail with a clear message; the server's lifespan then reuses it
         load_surrogate(options.surrogate, options.device)
     except InputError as error:
