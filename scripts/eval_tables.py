@@ -72,17 +72,18 @@ def plot(reports: list[dict], out: Path, metric: str = "auroc") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[str, list[tuple[float, dict]]] = {}
+    series: dict[str, dict[float, dict]] = {}
     for report in reports:
+        mean_d = sum(r["d"] for r in report["records"] if "d" in r) / max(1, sum("d" in r for r in report["records"]))
         for method, summary in report["summary"].items():
-            sampler = report["methods"][method]["sampler"] if isinstance(report["methods"][method], dict) else method
+            config = report["methods"][method]
+            sampler = config["sampler"] if isinstance(config, dict) else "bernoulli"
             label = f"{method} ({sampler})" if method == "ropelime" else method
-            budget = summary["surrogate_passes"]["mean"] if report["budget"] == "d" else report["budget"]
-            series.setdefault(label, []).append((float(report["budget"] if report["budget"] != "d" else budget),
-                                                 summary[metric]))
+            x = mean_d if report["budget"] == "d" or sampler == "loo" else float(report["budget"])
+            series.setdefault(label, {})[round(x, 1)] = summary[metric]  # loo (budget d) appears once
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, points in sorted(series.items()):
-        points.sort(key=lambda p: p[0])
+    for label, by_budget in sorted(series.items()):
+        points = sorted(by_budget.items())
         x = [p[0] for p in points]
         mean = [p[1]["mean"] for p in points]
         ax.errorbar(x, mean, yerr=[[m - p[1]["low"] for m, p in zip(mean, points)],
