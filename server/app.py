@@ -136,7 +136,8 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
             def job(progress, should_stop) -> Explanation:
                 return ropelime.explain(prompt, response, model=model, system=system, explain=explain, config=config,
                                         surrogate=engine.surrogate, cache=engine.cache, progress=progress,
-                                        should_stop=should_stop, api_base=engine.api_base)
+                                        should_stop=should_stop, api_base=engine.api_base,
+                                        closed_timeout=engine.closed_timeout)
 
             result = await run_job(ctx, job)
             if previous is not None:

@@ -43,6 +43,7 @@ class Engine:
     store: ExplanationStore
     api_base: str | None = None
     default_model: str | None = None
+    closed_timeout: float = 60.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -54,13 +55,25 @@ class EngineOptions:
     device: str | None = None
     api_base: str | None = None
     default_model: str | None = None
+    closed_timeout: float = 60.0
+    """Seconds per closed-model attempt (ROPELIME_CLOSED_TIMEOUT)."""
 
     @classmethod
     def from_env(cls, **given: str | None) -> EngineOptions:
-        """Given values first, then ROPELIME_SURROGATE / ROPELIME_DEVICE / ROPELIME_API_BASE / ROPELIME_MODEL."""
+        """Given values first, then ROPELIME_SURROGATE / ROPELIME_DEVICE / ROPELIME_API_BASE / ROPELIME_MODEL
+        (and ROPELIME_CLOSED_TIMEOUT)."""
         names = {"surrogate": "ROPELIME_SURROGATE", "device": "ROPELIME_DEVICE", "api_base": "ROPELIME_API_BASE",
                  "default_model": "ROPELIME_MODEL"}
-        return cls(**{key: given.get(key) or os.environ.get(var) or None for key, var in names.items()})
+        values = {key: given.get(key) or os.environ.get(var) or None for key, var in names.items()}
+        timeout = os.environ.get("ROPELIME_CLOSED_TIMEOUT")
+        try:
+            closed_timeout = float(timeout) if timeout else cls.closed_timeout
+        except ValueError:
+            raise InputError(f"ROPELIME_CLOSED_TIMEOUT={timeout!r} is not a number of seconds; set it to one, "
+                             "e.g. 60.") from None
+        if closed_timeout <= 0:
+            raise InputError(f"ROPELIME_CLOSED_TIMEOUT must be more than 0 seconds, got {timeout}.")
+        return cls(**values, closed_timeout=closed_timeout)
 
 
 def lifespan_for(options: EngineOptions) -> Callable[[Any], Any]:
@@ -74,7 +87,8 @@ def lifespan_for(options: EngineOptions) -> Callable[[Any], Any]:
         log.info("surrogate %s ready on %s; cache %s", surrogate.name, surrogate.device, cache.path)
         try:
             yield Engine(surrogate=surrogate, cache=cache, store=ExplanationStore(),
-                         api_base=options.api_base, default_model=options.default_model)
+                         api_base=options.api_base, default_model=options.default_model,
+                         closed_timeout=options.closed_timeout)
         finally:
             cache.close()
 

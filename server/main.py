@@ -29,13 +29,13 @@ def serve(args: argparse.Namespace) -> int:
     from ropelime_server.app import build_server
     from ropelime_server.engine import EngineOptions
 
-    options = EngineOptions.from_env(surrogate=args.surrogate, device=args.device, api_base=args.api_base,
-                                     default_model=args.model)
     if not getattr(args, "verbose", False):  # keep stderr to log lines (and a failure to one line)
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
     try:  # load once now, to fail with a clear message; the server's lifespan then reuses it
+        options = EngineOptions.from_env(surrogate=args.surrogate, device=args.device, api_base=args.api_base,
+                                         default_model=args.model)
         load_surrogate(options.surrogate, options.device)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
