@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import hmac
 import logging
+import os
 import sys
+from typing import Any
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -12,7 +15,12 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The server's options (shared by `ropelime-mcp` and `ropelime serve`)."""
     parser.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
-    parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
+    parser.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1; any other host needs "
+                                                            "--token)")
+    parser.add_argument("--token", help="bearer token every HTTP request must carry (Authorization: Bearer "
+                                        "<token>; default: $ROPELIME_MCP_TOKEN)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="a further Host header name accepted over HTTP (repeatable; DNS-rebinding protection)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; the path is /mcp)")
     parser.add_argument("--surrogate", help="surrogate: gemma3-270m (default), a model directory, a .gguf file or "
                                             "a hub id (default: $ROPELIME_SURROGATE)")
@@ -29,6 +37,11 @@ def serve(args: argparse.Namespace) -> int:
     from ropelime_server.app import build_server
     from ropelime_server.engine import EngineOptions
 
+    token = args.token or os.environ.get("ROPELIME_MCP_TOKEN") or None
+    if args.http and args.host not in LOOPBACK and not token:
+        print(f"error: refusing to serve on {args.host} without a token: set ROPELIME_MCP_TOKEN (or --token) so that "
+              "requests must carry it, or serve on 127.0.0.1.", file=sys.stderr)
+        return 2
     if not getattr(args, "verbose", False):  # keep stderr to log lines (and a failure to one line)
         from transformers.utils import logging as transformers_logging
 
@@ -44,11 +57,40 @@ def serve(args: argparse.Namespace) -> int:
     if not args.http:
         server.run("stdio")
         return 0
-    if args.host not in LOOPBACK:
-        logging.getLogger(__name__).warning("serving on %s: reachable beyond this machine, without authentication",
-                                            args.host)
-    server.run("streamable-http", host=args.host, port=args.port)
+    import anyio
+    import uvicorn
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    hosts = [*LOOPBACK, args.host, *args.allow_host]
+    security = TransportSecuritySettings(  # DNS-rebinding protection on every host, not only loopback
+        allowed_hosts=[f"[{h}]:*" if ":" in h else f"{h}:*" for h in hosts],
+        allowed_origins=[f"http://[{h}]:*" if ":" in h else f"http://{h}:*" for h in hosts])
+    app = server.streamable_http_app(host=args.host, transport_security=security)
+    if token:
+        app = BearerToken(app, token)
+    level = "info" if getattr(args, "verbose", False) else "warning"
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=level)
+    anyio.run(uvicorn.Server(config).serve)
     return 0
+
+
+class BearerToken:
+    """ASGI middleware: HTTP requests without `Authorization: Bearer <token>` get 401."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                body = b'{"error": "unauthorized: send Authorization: Bearer <token>"}'
+                await send({"type": "http.response.start", "status": 401, "headers": [
+                    (b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
 
 
 def main(argv: list[str] | None = None) -> int:
