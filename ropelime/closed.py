@@ -13,13 +13,14 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+
+from ropelime.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -137,21 +138,6 @@ def _read_cache(path: Path) -> ClosedResult | None:
     if not result.text.strip():
         return None
     return result.model_copy(update={"cached": True})
-
-
-def _write_cache(path: Path, result: ClosedResult) -> None:
-    """Write atomically: a temporary file in the same directory, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(result.model_dump_json(indent=1))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _usage(litellm: ModuleType, response: Any) -> dict[str, float]:
@@ -292,5 +278,5 @@ def fetch_response(model: str, prompt: str, system: str | None = None, *, cache_
                                   max_tokens=max_tokens)
     result = ClosedResult(text=_text(response), model=str(getattr(response, "model", None) or model),
                           usage=_usage(litellm, response), latency_s=latency, cached=False)
-    _write_cache(path, result)
+    write_atomic(path, result.model_dump_json(indent=1))
     return result

@@ -142,6 +142,7 @@ def compare_samplers(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     api_base: str | None = None,
+    closed_timeout: float = 60.0,
     store: ExplanationStore | None = None,
     **options,
 ) -> Comparison:
@@ -174,7 +175,8 @@ def compare_samplers(
             raise InputError("give the response to explain, or a model to get it from.")
         from ropelime.closed import fetch_response
 
-        fetched = fetch_response(model, prompt, system, cache_dir=cache_dir(), api_base=api_base)
+        fetched = fetch_response(model, prompt, system, cache_dir=cache_dir(), timeout=closed_timeout,
+                                 api_base=api_base)
         response, closed_calls, source = fetched.text, 0 if fetched.cached else 1, "closed_model"
     if not isinstance(surrogate, Surrogate):
         surrogate = load_surrogate(surrogate)

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 
@@ -40,10 +41,14 @@ def load_surrogate(name: str | None = None, device: str | None = None) -> Surrog
     return Surrogate.load(name, device=device)
 
 
-@functools.lru_cache(maxsize=1)
 def default_cache() -> ScoreCache:
-    """The process-wide score cache in the cache directory."""
-    return ScoreCache(cache_dir() / "scores.sqlite")
+    """The process-wide score cache in the (current) cache directory."""
+    return _score_cache_at(cache_dir() / "scores.sqlite")
+
+
+@functools.lru_cache(maxsize=4)
+def _score_cache_at(path: Path) -> ScoreCache:
+    return ScoreCache(path)
 
 
 def explain(

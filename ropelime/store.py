@@ -1,19 +1,18 @@
 """Explanations kept as JSON files by id, so they can be read again across calls and restarts.
 
 One file per explanation, `<root>/<id>.json`, written atomically (a temporary file in the same
-directory, then `os.replace`), so a reader never sees half a file.
+directory, then `os.replace`; see `ropelime.files`), so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from ropelime.errors import InputError
+from ropelime.files import write_atomic
 from ropelime.schema import Explanation
 from ropelime.settings import cache_dir
 
@@ -37,14 +36,7 @@ class ExplanationStore:
     def save(self, explanation: Explanation) -> Path:
         """Write (or replace) an explanation atomically; returns its file."""
         path = self.path(explanation.id)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{explanation.id}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(explanation.model_dump_json())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, explanation.model_dump_json())
         return path
 
     def get(self, explanation_id: str) -> Explanation | None:

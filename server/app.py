@@ -209,7 +209,8 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
                                     samplers=samplers, budgets=budgets, seeds=seeds, time_budget_s=time_budget_s,
                                     surrogate=engine.surrogate, cache=engine.cache, progress=progress,
                                     should_stop=should_stop, api_base=engine.api_base,
-                                    store=engine.store, granularity=granularity)
+                                    closed_timeout=engine.closed_timeout, store=engine.store,
+                                    granularity=granularity)
 
             comparison = await run_job(ctx, job)
             plot = []

@@ -132,7 +132,7 @@ def test_eval_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path, mmlu_rows, 
     assert "AUROC" in capsys.readouterr().out
 
 
-def test_eval_budget_d_equals_the_number_of_features(tiny_model_dir, tmp_path):
+def test_eval_budget_d_equals_the_number_of_features(tiny_model_dir, tmp_path, mmlu_rows):
     from ropelime.cli import main
 
     out = tmp_path / "report.json"
@@ -142,19 +142,14 @@ def test_eval_budget_d_equals_the_number_of_features(tiny_model_dir, tmp_path):
     assert record["samples"] == record["d"] + 1 and "lds" not in record
 
 
-def test_load_items_limits_and_rejects_unknown_tasks(tmp_path):
-    if not MMLU.exists():
-        pytest.skip("dev data not found")
+def test_load_items_limits_and_rejects_unknown_tasks(tmp_path, mmlu_rows):
     assert len(load_items("mmlu", MMLU, limit=3)) == 3
     with pytest.raises(ValueError, match="unknown task"):
         load_items("squad", MMLU)  # type: ignore[arg-type]
 
 
-def test_eval_reuse_scores_refits_without_surrogate_passes(tiny_model_dir, tmp_path):
+def test_eval_reuse_scores_refits_without_surrogate_passes(tiny_model_dir, tmp_path, mmlu_rows):
     from ropelime.cli import main
-    from ropelime.explain import default_cache
-
-    default_cache.cache_clear()  # the process-wide cache must live in this test's cache directory
 
     common = ["eval", "mmlu", "--data", str(MMLU), "--limit", "1", "--budget", "5", "--heldout", "0",
               "--surrogate", str(tiny_model_dir), "--device", "cpu", "--reuse-scores"]
