@@ -269,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        from ropelime.settings import hide_library_progress_bars
+
+        hide_library_progress_bars()
 
     from pydantic import ValidationError
 

@@ -43,3 +43,10 @@ class Limits:
             if values[f.name] < 1:
                 raise InputError(f"ROPELIME_{f.name.upper()} must be at least 1, got {raw}.")
         return cls(**values)
+
+
+def hide_library_progress_bars() -> None:
+    """Turn off transformers' own progress bars (weight loading), which would clutter stderr."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()

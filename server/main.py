@@ -34,6 +34,7 @@ def serve(args: argparse.Namespace) -> int:
     """Build the server from parsed arguments and run it until the client goes away."""
     from ropelime.errors import InputError
     from ropelime.explain import load_surrogate
+    from ropelime.settings import hide_library_progress_bars
     from ropelime_server.app import build_server
     from ropelime_server.engine import EngineOptions
 
@@ -43,9 +44,7 @@ def serve(args: argparse.Namespace) -> int:
               "requests must carry it, or serve on 127.0.0.1.", file=sys.stderr)
         return 2
     if not getattr(args, "verbose", False):  # keep stderr to log lines (and a failure to one line)
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
+        hide_library_progress_bars()
     try:  # load once now, to fail with a clear message; the server's lifespan then reuses it
         options = EngineOptions.from_env(surrogate=args.surrogate, device=args.device, api_base=args.api_base,
                                          default_model=args.model)
