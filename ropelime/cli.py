@@ -48,6 +48,8 @@ def _explain_parser(sub) -> None:
     m.add_argument("--solver", choices=get_args(Solver), default="ridge")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--time-budget", type=float, help="stop scoring after this many seconds")
+    m.add_argument("--converge-top-k", type=int, metavar="K",
+                   help="stop scoring once the top-K features and their order stop changing")
     m.add_argument("--surrogate", help="embedded default, a model directory, a .gguf file or a hub id")
     m.add_argument("--device", help="cpu, cuda, … (default: cuda when available)")
     o = p.add_argument_group("output")
@@ -90,7 +92,7 @@ def run_explain(args) -> int:
     config = ExplainConfig(
         granularity="segments" if args.segment else args.granularity, sampler=args.sampler, budget=args.budget,
         k=args.k, target=args.target, kernel=args.kernel, perturb=args.perturb, solver=args.solver,
-        seed=args.seed, time_budget_s=args.time_budget, segments=_segments(args),
+        seed=args.seed, time_budget_s=args.time_budget, converge_top_k=args.converge_top_k, segments=_segments(args),
     )
     err = Console(stderr=True)
     with err.status("loading the surrogate (the first run prepares the embedded model: about a minute)"):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ropelime.anytime import Pace, RankingWatch
 from ropelime.cache import ScoreCache, digest
 from ropelime.errors import InputError
 from ropelime.features import find_explain_span, split_features
@@ -25,7 +26,7 @@ from ropelime.targets import SUPPORT_SIGN, target_vector
 
 log = logging.getLogger(__name__)
 
-CHUNK = 16
+CHUNK = 8
 """Masks scored per step: the granularity of progress reports, time-budget checks and cancellation."""
 
 Progress = Callable[[int, int], None]
@@ -114,10 +115,10 @@ def explain(
                                sample_masks(d, config.sampler, config.budget, k=config.k, seed=config.seed)])
     encoded = surrogate.encode_prompt(prompt, system, [(f.start, f.end) for f in features])
     check_lengths(len(encoded.ids), len(surrogate.encode_response(response)), limits)
-    scored, rows, perturbed = score_masks(
+    scored, rows, perturbed, stopped = score_masks(
         encoded, response, planned_masks, config=config, surrogate=surrogate, cache=cache, progress=progress,
         should_stop=should_stop, deadline=None if config.time_budget_s is None else started + config.time_budget_s,
-        cost=cost, cached_only=cached_only)
+        cost=cost, cached_only=cached_only, positions=positions)
     if cached_only and (not scored or scored[0] != 0):
         raise InputError("no cached scores for this explanation (the cache was cleared or the surrogate "
                          "differs); run the explanation again.")
@@ -138,7 +139,10 @@ def explain(
     if untokenised:
         notes.append(f"features {untokenised} share tokens with a neighbour; their scores are 0")
     complete = len(rows) == planned
-    if not complete:
+    if stopped == "converged":
+        notes.append(f"the top-{config.converge_top_k} ranking settled after {len(rows)} of {planned} samples; "
+                     "scoring stopped early")
+    elif not complete:
         notes.append(f"time budget reached after {len(rows)} of {planned} samples; call again to continue")
     base_nll = float(-rows[0].logp[positions].mean())
     cost.seconds = round(time.perf_counter() - started, 3)
@@ -239,13 +243,16 @@ def score_masks(
     should_stop: Callable[[], bool] | None = None,
     deadline: float | None = None,
     cached_only: bool = False,
-) -> tuple[list[int], list[TokenScores], list[tuple[list[int], np.ndarray]]]:
+    positions: slice | np.ndarray = slice(None),
+) -> tuple[list[int], list[TokenScores], list[tuple[list[int], np.ndarray]], str | None]:
     """Score the response after the perturbed prompt of each mask, chunk by chunk, through the cache.
 
-    Returns the indices of the scored masks (in order), their scores, and every mask's perturbed
-    token ids with the positions of its prompt tokens. Scoring stops at `deadline`
-    (`time.perf_counter()` seconds; at least one chunk is always scored); with `cached_only`
-    nothing is scored and only cached masks are returned. `cost` is updated in place.
+    Returns the indices of the scored masks (in order), their scores, every mask's perturbed
+    token ids with the positions of its prompt tokens, and why scoring stopped early ("time budget",
+    "converged") or None. Scoring stops before a chunk expected to end
+    after `deadline` (`time.perf_counter()` seconds; at least one chunk is always scored), or, with
+    `config.converge_top_k`, once the top-k ranking (target over `positions`) has settled; with
+    `cached_only` nothing is scored and only cached masks are returned. `cost` is updated in place.
     """
     response_ids = surrogate.encode_response(response)
     perturbed = [perturb_tokens(encoded, m, config.perturb, surrogate.placeholder_id) for m in masks]
@@ -259,13 +266,18 @@ def score_masks(
     if progress:
         progress(done, len(masks))
     todo = [] if cached_only else [i for i, r in enumerate(rows) if r is None]
-    reference = None
+    reference, stopped = None, None
+    pace = Pace(time.perf_counter(), None if deadline is None else deadline - time.perf_counter())
+    watch = RankingWatch(config.converge_top_k) if config.converge_top_k else None
     for start in range(0, len(todo), CHUNK):
         if should_stop and should_stop():
             raise Cancelled(f"cancelled after {done} of {len(masks)} samples (scores kept in the cache)")
-        if start > 0 and deadline is not None and time.perf_counter() > deadline:
-            break
         chunk = todo[start:start + CHUNK]
+        chunk_tokens = sum(len(perturbed[i][0]) + len(response_ids) for i in chunk)
+        if start > 0 and not pace.fits(chunk_tokens):
+            stopped = "time budget"
+            break
+        chunk_started = time.perf_counter()
         if reference is None:
             reference = surrogate.reference(encoded.ids, response_ids)
             cost.surrogate_forward_passes += 1
@@ -279,11 +291,18 @@ def score_masks(
                 new[keys[i]] = scores
                 cost.tokens_scored += len(perturbed[i][0]) + len(response_ids)
         cache.put_many(context, new)
+        pace.record(chunk_tokens, time.perf_counter() - chunk_started)
         done += len(chunk)
         if progress:
             progress(done, len(masks))
+        if watch is not None:
+            so_far = [i for i, r in enumerate(rows) if r is not None]
+            if watch.update(masks[so_far], target_vector([rows[i] for i in so_far], config.target, positions),
+                            SUPPORT_SIGN[config.target]):
+                stopped = "converged" if start + CHUNK < len(todo) else None
+                break
     scored = [i for i, r in enumerate(rows) if r is not None]
-    return scored, [rows[i] for i in scored], perturbed
+    return scored, [rows[i] for i in scored], perturbed, stopped
 
 
 def rwmd_distances(surrogate: Surrogate, encoded: EncodedPrompt,
@@ -312,8 +331,9 @@ def mask_targets(
     masks = np.asarray(masks, dtype=bool).reshape(-1, len(spans))
     started, cost = time.perf_counter(), Cost()
     encoded = surrogate.encode_prompt(explanation.prompt, explanation.system, spans)
-    _, rows, _ = score_masks(encoded, explanation.response, masks, config=explanation.config,
-                             surrogate=surrogate, cache=cache or default_cache(), cost=cost, should_stop=should_stop)
+    every_mask = explanation.config.model_copy(update={"converge_top_k": None})
+    _, rows, _, _ = score_masks(encoded, explanation.response, masks, config=every_mask, surrogate=surrogate,
+                                cache=cache or default_cache(), cost=cost, should_stop=should_stop)
     positions = output_positions(surrogate, explanation.response, explanation.output_span)
     cost.seconds = round(time.perf_counter() - started, 3)
     return target_vector(rows, explanation.config.target, positions), cost

@@ -46,7 +46,9 @@ class ExplainConfig(BaseModel):
     solver: Solver = "ridge"
     alpha: float | None = Field(None, ge=0, description="regularisation of ridge / lasso; None = the solver's default")
     seed: int = 0
-    time_budget_s: float | None = Field(None, gt=0, description="stop scoring after this many seconds")
+    time_budget_s: float | None = Field(None, gt=0, description="stop scoring before this many seconds would pass")
+    converge_top_k: int | None = Field(None, ge=1, description="stop scoring once the top-k features and their "
+                                       "order stayed the same for two chunks; None = score the whole budget")
     segments: list[tuple[int, int]] | None = Field(
         None, description="granularity=segments: (start, end) character spans into the prompt"
     )

@@ -178,3 +178,10 @@ def test_a_single_feature_is_explained(tiny_surrogate, cache, kernel):
                               granularity="sentence", kernel=kernel)
     assert len(result.features) == 1 and result.features[0].rank == 1
     assert np.isfinite(result.features[0].score) and result.diagnostics.samples == 2
+
+
+def test_converged_ranking_stops_early_and_says_so(tiny_surrogate, cache):
+    result = run(tiny_surrogate, cache, sampler="bernoulli", budget=200, converge_top_k=1)
+    assert result.diagnostics.samples < result.diagnostics.planned_samples == 201
+    assert any("settled" in note for note in result.diagnostics.notes)
+    assert not any("time budget" in note for note in result.diagnostics.notes)
