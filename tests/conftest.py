@@ -85,3 +85,17 @@ def hotpotqa_items() -> list[dict]:
     if not path.exists():
         pytest.skip(f"dev data not found at {path}")
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio (the MCP SDK's default)."""
+    return "asyncio"
+
+
+@pytest.fixture
+def env(tiny_model_dir) -> dict[str, str]:
+    """A child server's environment: the tiny surrogate on the CPU, and this test's cache directory."""
+    import os
+
+    return {**os.environ, "ROPELIME_SURROGATE": str(tiny_model_dir), "ROPELIME_DEVICE": "cpu"}

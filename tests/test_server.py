@@ -26,10 +26,6 @@ RESPONSE = "Paris is the capital of France."
 ARGS = {"prompt": PROMPT, "response": RESPONSE, "explain": CONTEXT, "budget": 8}
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 @pytest.fixture(params=["auto", "legacy"])
 def mode(request) -> str:

@@ -81,10 +81,6 @@ COMPARE_CASES: dict[str, tuple[str, dict]] = {
 }
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 @pytest.fixture
 def server(tiny_model_dir):

@@ -20,10 +20,6 @@ PROMPT = f"Context: {CONTEXT}\nQuestion: What is the capital of France?"
 MODEL = "openai/stub-model"
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 @pytest.fixture
 def stub(monkeypatch):

@@ -43,10 +43,6 @@ FAULTS: dict[str, tuple[list[str], str, str]] = {
 }
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 @pytest.fixture
 def stub(monkeypatch):

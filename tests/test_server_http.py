@@ -43,14 +43,6 @@ MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": 
 LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture
-def env(tiny_model_dir) -> dict[str, str]:
-    return {**os.environ, "ROPELIME_SURROGATE": str(tiny_model_dir), "ROPELIME_DEVICE": "cpu"}
 
 
 def free_port() -> int:

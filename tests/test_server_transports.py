@@ -24,15 +24,6 @@ PROMPT = "Context: The sky is blue. Paris is the capital of France.\nQuestion: W
 EXPLAIN = {"prompt": PROMPT, "response": "Paris.", "budget": 4}
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture
-def env(tiny_model_dir) -> dict[str, str]:
-    """The child's environment: the tiny surrogate and this test's cache directory."""
-    return {**os.environ, "ROPELIME_SURROGATE": str(tiny_model_dir), "ROPELIME_DEVICE": "cpu"}
 
 
 def request(id_: int, method: str, params: dict | None = None) -> str:
