@@ -15,14 +15,15 @@ model weights included) is its own:
 - plain: fp32, full-vocabulary logits at every position, fixed-size batches in mask order, no
   reuse (on the first `--plain-prompts` prompts: its throughput does not depend on the mask);
 - engine variants on all prompts: output-only logits, length-bucketed batches and duplicates once
-  (`no reuse`), plus the unperturbed prompt's KV cache reused (`reuse`), in fp32 and bf16;
+  (`no reuse`), plus the unperturbed prompt's KV cache reused (`reuse`), in fp32, mixed (bf16
+  matrix products under autocast, fp32 weights and residual stream) and bf16;
 - explain: `ropelime.explain` end to end with default settings and a fresh score cache; for
   HotpotQA also with a 40 s time budget, then a second call that resumes from the cache
-  (`--explain-dtypes float32 bfloat16` repeats them in bf16).
+  (`--explain-dtypes` lists the precisions: float32 and mixed by default).
 
 tokens = prompt + response tokens of every prompt scored (the work asked for, whatever is reused);
 GFLOP/s and % peak count the FLOPs actually executed (matmuls of the layers, attention, LM head),
-against the peak of the dtype used. Timings on a shared machine are noisy: use --repeat.
+against the peak of the dtype the matrix products run in (bf16 for mixed). Timings on a shared machine are noisy: use --repeat.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_RUNS = {"engine fp32 no reuse": ("float32", False), "engine fp32 reuse": ("float32", True),
-               "engine bf16 no reuse": ("bfloat16", False), "engine bf16 reuse": ("bfloat16", True)}
+               "engine mixed reuse": ("mixed", True), "engine bf16 reuse": ("bfloat16", True)}
+MATMUL_DTYPE = {"float32": "float32", "mixed": "bfloat16", "bfloat16": "bfloat16"}
+"""The dtype of the matrix products of each precision: the peak its GFLOP/s are compared with."""
 
 
 # ---- inputs -------------------------------------------------------------------------------------
@@ -193,7 +196,7 @@ def phase_explain(args) -> dict:
             calls.append({"seconds": time.perf_counter() - started, "samples": d.samples,
                           "planned": d.planned_samples, "complete": d.complete, "cached": result.cost.cached_samples})
         cache.close()
-    return {"load_seconds": load_seconds, "dtype": str(surrogate.dtype).removeprefix("torch."), "calls": calls}
+    return {"load_seconds": load_seconds, "dtype": surrogate.precision, "calls": calls}
 
 
 PHASES = {"peak": phase_peak, "plain": phase_plain, "engine": phase_engine, "explain": phase_explain}
@@ -226,10 +229,10 @@ def nll(logp: list) -> np.ndarray:
     return np.array([-np.mean(row) for row in logp])
 
 
-def discordant_pairs(a: np.ndarray, b: np.ndarray) -> int:
-    """Pairs of masks whose targets are ordered differently by a and b."""
+def discordant_pairs(a: np.ndarray, b: np.ndarray, among: np.ndarray | None = None) -> int:
+    """Pairs of masks (among the pairs `among` selects, default all) whose targets a and b order differently."""
     da, db = np.sign(a[:, None] - a[None, :]), np.sign(b[:, None] - b[None, :])
-    return int(np.sum(np.triu(da * db < 0, 1)))
+    return int(np.sum(np.triu((da * db < 0) & (True if among is None else among), 1)))
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -241,7 +244,7 @@ def print_row(item: str, run: str, r: dict, base: float, peak: dict) -> None:
     rate = r["tokens"] / r["seconds"]
     gflops = r["flops"] / r["seconds"] / 1e9
     print(f"{item:9} {run:22} {r['prompts']:7d} {r['tokens']:7d} {r['seconds']:8.1f} {rate:7.0f} "
-          f"{rate / base:7.2f} {gflops:8.1f} {100 * gflops / peak[r['dtype']]:6.1f} {r['rss_gib']:7.2f}", flush=True)
+          f"{rate / base:7.2f} {gflops:8.1f} {100 * gflops / peak[MATMUL_DTYPE[r['dtype']]]:6.1f} {r['rss_gib']:7.2f}", flush=True)
 
 
 def report(args) -> None:
@@ -270,13 +273,17 @@ def report(args) -> None:
                 if run != "plain":
                     diff = max(abs(x - y) for a, b in zip(plain, r["logp"]) for x, y in zip(a, b))
                     print(f"  {run}: largest |log p - plain| on the plain loop's {len(plain)} prompts = {diff:.2e}")
-            if "engine fp32 reuse" in runs and "engine bf16 reuse" in runs:
-                a, b = runs["engine fp32 reuse"]["logp"], runs["engine bf16 reuse"]["logp"]
-                diff = max(abs(x - y) for p, q in zip(a, b) for x, y in zip(p, q))
-                ta, tb = nll(a), nll(b)
-                print(f"  bf16 vs fp32 (all {len(a)} prompts): largest |log p diff| {diff:.3f}, largest |nll diff| "
-                      f"{np.max(np.abs(ta - tb)):.3f}, nll rank: Spearman {spearman(ta, tb):.4f}, "
-                      f"{discordant_pairs(ta, tb)} of {len(a) * (len(a) - 1) // 2} mask pairs ordered differently")
+            for run in ("engine mixed reuse", "engine bf16 reuse"):
+                if "engine fp32 reuse" in runs and run in runs:
+                    a, b = runs["engine fp32 reuse"]["logp"], runs[run]["logp"]
+                    diff = max(abs(x - y) for p, q in zip(a, b) for x, y in zip(p, q))
+                    ta, tb = nll(a), nll(b)
+                    close = np.abs(ta[:, None] - ta[None, :]) > 2 * np.max(np.abs(ta - tb))
+                    print(f"  {run} vs fp32 (all {len(a)} prompts): largest |log p diff| {diff:.3f}, largest |nll "
+                          f"diff| {np.max(np.abs(ta - tb)):.3f}, nll rank: Spearman {spearman(ta, tb):.4f}, "
+                          f"{discordant_pairs(ta, tb)} of {len(a) * (len(a) - 1) // 2} mask pairs ordered "
+                          f"differently, {int(np.sum(np.triu(close, 1)))} pairs further apart than twice the "
+                          f"largest difference: {discordant_pairs(ta, tb, close)} of them reordered", flush=True)
         for dtype in args.explain_dtypes:
             settings = [("default settings", {})]
             if item == "hotpotqa":
@@ -304,8 +311,9 @@ def main() -> None:
     parser.add_argument("--plain-batch", type=int, default=2, help="the plain loop's fixed batch size")
     parser.add_argument("--repeat", type=int, default=1, help="engine runs per variant (the fastest is shown)")
     parser.add_argument("--budget-seconds", type=float, default=40.0, help="time budget of the anytime explain run")
-    parser.add_argument("--explain-dtypes", nargs="*", default=["float32"], choices=["float32", "bfloat16"],
-                        help="compute dtypes of the end-to-end explain runs (none: skip them)")
+    parser.add_argument("--explain-dtypes", nargs="*", default=["float32", "mixed"],
+                        choices=["float32", "mixed", "bfloat16"],
+                        help="compute precisions of the end-to-end explain runs (none: skip them)")
     parser.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--item", help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, help=argparse.SUPPRESS)

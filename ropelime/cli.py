@@ -10,7 +10,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import get_args
 
-from ropelime.schema import ExplainConfig, Granularity, Kernel, Perturbation, Sampler, Solver, Target
+from ropelime.schema import (ExplainConfig, Granularity, Kernel, Perturbation, Sampler, SizeDistribution, Solver,
+                             Target)
 
 DEMO = files("ropelime.examples")
 
@@ -20,6 +21,29 @@ def _read(path: str) -> str:
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise SystemExit(f"error: cannot read {path}: {error}") from error
+
+
+def _method_options(m) -> None:
+    """The method choices shared by `explain` and `eval`, defaulting to ExplainConfig's."""
+    default = ExplainConfig()
+    m.add_argument("--sampler", choices=get_args(Sampler), default=default.sampler)
+    m.add_argument("--k", type=int, help="sparse_k: most features removed per mask (default: a quarter of them)")
+    m.add_argument("--sizes", choices=get_args(SizeDistribution), default=default.sizes,
+                   help="sparse_k: how often each number of removed features 1..k is drawn")
+    m.add_argument("--target", choices=get_args(Target), default=default.target)
+    m.add_argument("--kernel", choices=get_args(Kernel), default=default.kernel)
+    m.add_argument("--kernel-width", type=float, help="sigma of the locality kernel")
+    m.add_argument("--perturb", choices=get_args(Perturbation), default=default.perturb)
+    m.add_argument("--solver", choices=get_args(Solver), default=default.solver)
+    m.add_argument("--alpha", type=float, help="ridge / lasso regularisation")
+    m.add_argument("--seed", type=int, default=default.seed)
+
+
+def _method_config(args, **extra) -> ExplainConfig:
+    """The ExplainConfig of the method options (plus `extra` fields)."""
+    return ExplainConfig(sampler=args.sampler, k=args.k, sizes=args.sizes, target=args.target, kernel=args.kernel,
+                         kernel_width=args.kernel_width, perturb=args.perturb, solver=args.solver, alpha=args.alpha,
+                         seed=args.seed, **extra)
 
 
 def _explain_parser(sub) -> None:
@@ -39,14 +63,8 @@ def _explain_parser(sub) -> None:
     m.add_argument("--granularity", choices=get_args(Granularity), default="sentence")
     m.add_argument("--segment", action="append", metavar="START:END",
                    help="granularity=segments: a character span of the prompt (repeatable)")
-    m.add_argument("--sampler", choices=get_args(Sampler), default="sparse_k")
-    m.add_argument("--budget", type=int, default=64, help="perturbed prompts to score (default 64)")
-    m.add_argument("--k", type=int, help="sparse_k: most features removed per mask")
-    m.add_argument("--target", choices=get_args(Target), default="nll")
-    m.add_argument("--kernel", choices=get_args(Kernel), default="rwmd_rope")
-    m.add_argument("--perturb", choices=get_args(Perturbation), default="delete")
-    m.add_argument("--solver", choices=get_args(Solver), default="ridge")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--budget", type=int, default=ExplainConfig().budget, help="perturbed prompts to score")
+    _method_options(m)
     m.add_argument("--time-budget", type=float, help="stop scoring after this many seconds")
     m.add_argument("--converge-top-k", type=int, metavar="K",
                    help="stop scoring once the top-K features and their order stop changing")
@@ -89,11 +107,9 @@ def run_explain(args) -> int:
     from ropelime.render import print_explanation, to_html
 
     prompt, part, response, system = _inputs(args)
-    config = ExplainConfig(
-        granularity="segments" if args.segment else args.granularity, sampler=args.sampler, budget=args.budget,
-        k=args.k, target=args.target, kernel=args.kernel, perturb=args.perturb, solver=args.solver,
-        seed=args.seed, time_budget_s=args.time_budget, converge_top_k=args.converge_top_k, segments=_segments(args),
-    )
+    config = _method_config(args, granularity="segments" if args.segment else args.granularity, budget=args.budget,
+                            time_budget_s=args.time_budget, converge_top_k=args.converge_top_k,
+                            segments=_segments(args))
     err = Console(stderr=True)
     with err.status("loading the surrogate (the first run prepares the embedded model: about a minute)"):
         surrogate = load_surrogate(args.surrogate, args.device)
@@ -125,15 +141,7 @@ def _eval_parser(sub) -> None:
                    help="comma-separated: ropelime (the options below), loo, contextcite, gsmile")
     m = p.add_argument_group("method (ropelime; loo and contextcite take target/perturb/seed from here)")
     m.add_argument("--budget", default="64", help="perturbed prompts per explanation, or 'd' (= number of features)")
-    m.add_argument("--sampler", choices=get_args(Sampler), default=ExplainConfig().sampler)
-    m.add_argument("--k", type=int, help="sparse_k: most features removed per mask")
-    m.add_argument("--target", choices=get_args(Target), default=ExplainConfig().target)
-    m.add_argument("--kernel", choices=get_args(Kernel), default=ExplainConfig().kernel)
-    m.add_argument("--kernel-width", type=float, help="sigma of the locality kernel")
-    m.add_argument("--perturb", choices=get_args(Perturbation), default=ExplainConfig().perturb)
-    m.add_argument("--solver", choices=get_args(Solver), default=ExplainConfig().solver)
-    m.add_argument("--alpha", type=float, help="ridge / lasso regularisation")
-    m.add_argument("--seed", type=int, default=0)
+    _method_options(m)
     m.add_argument("--surrogate", help="embedded default, a model directory, a .gguf file or a hub id")
     m.add_argument("--device", help="cpu, cuda, …")
     c = p.add_argument_group("closed model (default: the gold answer is the fixed output)")
@@ -163,9 +171,7 @@ def run_eval(args, argv: list[str]) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     items = load_items(args.task, Path(args.data or Path("..") / "shared" / "data" / DATA_FILES[args.task]),
                        limit=args.limit, layout=args.layout)
-    config = ExplainConfig(sampler=args.sampler, k=args.k, target=args.target, kernel=args.kernel,
-                           kernel_width=args.kernel_width, perturb=args.perturb, solver=args.solver,
-                           alpha=args.alpha, seed=args.seed)
+    config = _method_config(args)
     err = Console(stderr=True)
     with err.status("loading the surrogate"):
         surrogate = load_surrogate(args.surrogate, args.device)

@@ -277,6 +277,7 @@ def run_evaluation(items: list[Item], methods: list[str], config: ExplainConfig,
     head = {
         "fixed_output": f"answer of {closed.model}" if closed else "gold answer",
         "surrogate": surrogate.name,
+        "precision": surrogate.precision,
         "budget": budget,
         "methods": {m: ("gSMILE as published" if m == "gsmile"
                         else method_config(m, config, budget, 0).model_dump(

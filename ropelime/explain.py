@@ -112,7 +112,8 @@ def explain(
 
     d = len(features)
     planned_masks = np.vstack([np.ones((1, d), dtype=bool),
-                               sample_masks(d, config.sampler, config.budget, k=config.k, seed=config.seed)])
+                               sample_masks(d, config.sampler, config.budget, k=config.k, sizes=config.sizes,
+                                            seed=config.seed)])
     encoded = surrogate.encode_prompt(prompt, system, [(f.start, f.end) for f in features])
     check_lengths(len(encoded.ids), len(surrogate.encode_response(response)), limits)
     scored, rows, perturbed, stopped = score_masks(
@@ -256,7 +257,7 @@ def score_masks(
     """
     response_ids = surrogate.encode_response(response)
     perturbed = [perturb_tokens(encoded, m, config.perturb, surrogate.placeholder_id) for m in masks]
-    context = digest(surrogate.name, str(surrogate.dtype), encoded.ids, response_ids)
+    context = digest(surrogate.name, surrogate.precision, encoded.ids, response_ids)
     keys = [digest(ids) for ids, _ in perturbed]
 
     cached = cache.get_many(context, keys)

@@ -7,7 +7,7 @@ and the result depends only on the arguments (numpy `default_rng(seed)`).
 - `bernoulli`: every feature kept with probability 0.5; `budget` distinct masks (all of them
   when fewer exist).
 - `sparse_k`: every mask removes a few features: 1..K, K = `k` or `default_k(d)`, capped at d - 1
-  (so some feature is always kept, unless d = 1), sizes drawn from `SIZE_DISTRIBUTION`. Each mask
+  (so some feature is always kept, unless d = 1), sizes drawn from `SIZE_DISTRIBUTIONS[sizes]`. Each mask
   is built greedily: repeatedly take the feature removed least often so far, ties broken by the
   fewest co-removals with the features already taken, then at random; the last feature is the best
   one that does not repeat an earlier mask. So removal counts differ by at most one (unless
@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from ropelime.schema import Sampler
+from ropelime.schema import Sampler, SizeDistribution
 
 DEFAULT_K_FRACTION = 0.25
 """sparse_k with k=None: K = ceil(d * DEFAULT_K_FRACTION), at least 1 (provisional: to be measured)."""
@@ -44,8 +44,14 @@ def uniform_sizes(k: int) -> np.ndarray:
     return np.full(k, 1.0 / k)
 
 
-SIZE_DISTRIBUTION = uniform_sizes
-"""sparse_k: maps K to the probabilities of sizes 1..K (provisional: to be measured)."""
+def harmonic_sizes(k: int) -> np.ndarray:
+    """Probability of removing s of 1..k features proportional to 1/s: small masks more often."""
+    weights = 1.0 / np.arange(1, k + 1)
+    return weights / weights.sum()
+
+
+SIZE_DISTRIBUTIONS = {"uniform": uniform_sizes, "harmonic": harmonic_sizes}
+"""sparse_k: maps K to the probabilities of removing 1..K features."""
 
 
 def default_k(d: int) -> int:
@@ -53,10 +59,11 @@ def default_k(d: int) -> int:
     return max(1, math.ceil(d * DEFAULT_K_FRACTION))
 
 
-def sample_masks(d: int, sampler: Sampler, budget: int, *, k: int | None = None, seed: int = 0) -> np.ndarray:
+def sample_masks(d: int, sampler: Sampler, budget: int, *, k: int | None = None,
+                 sizes: SizeDistribution = "uniform", seed: int = 0) -> np.ndarray:
     """Masks to score besides the unperturbed prompt: a (n, d) bool array, True = kept.
 
-    `k` applies to sparse_k only; `budget` to sparse_k and bernoulli (loo always gives d rows).
+    `k` and `sizes` apply to sparse_k only; `budget` to sparse_k and bernoulli (loo always gives d rows).
     """
     if d <= 0:
         raise ValueError(f"no features to perturb (d={d}); the explainable text must hold at least one feature.")
@@ -70,7 +77,9 @@ def sample_masks(d: int, sampler: Sampler, budget: int, *, k: int | None = None,
     if sampler == "bernoulli":
         return _bernoulli(d, budget, rng)
     if sampler == "sparse_k":
-        return _sparse_k(d, budget, default_k(d) if k is None else k, rng)
+        if sizes not in SIZE_DISTRIBUTIONS:
+            raise ValueError(f"unknown size distribution {sizes!r}; use {' or '.join(SIZE_DISTRIBUTIONS)}.")
+        return _sparse_k(d, budget, default_k(d) if k is None else k, SIZE_DISTRIBUTIONS[sizes], rng)
     raise ValueError(f"unknown sampler {sampler!r}; use sparse_k, loo or bernoulli.")
 
 
@@ -88,14 +97,14 @@ def _bernoulli(d: int, budget: int, rng: np.random.Generator) -> np.ndarray:
     return np.array(list(rows.values()), dtype=bool)
 
 
-def _sparse_k(d: int, budget: int, k: int, rng: np.random.Generator) -> np.ndarray:
+def _sparse_k(d: int, budget: int, k: int, size_distribution, rng: np.random.Generator) -> np.ndarray:
     k = min(k, max(d - 1, 1))
     possible = sum(math.comb(d, s) for s in range(1, k + 1))
     if possible <= budget:
         return _all_sparse(d, k, rng)
     singletons = budget >= 2 * d
     sizes = np.arange(2 if singletons else 1, k + 1)
-    weights = SIZE_DISTRIBUTION(k)[sizes - 1]
+    weights = size_distribution(k)[sizes - 1]
     weights = weights / weights.sum()
     unused = {int(s): math.comb(d, int(s)) for s in sizes}  # masks of each size not yet taken
     masks = list(~np.eye(d, dtype=bool)) if singletons else []

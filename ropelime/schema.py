@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 Granularity = Literal["word", "sentence", "paragraph", "segments"]
 Sampler = Literal["sparse_k", "loo", "bernoulli"]
+SizeDistribution = Literal["uniform", "harmonic"]
 Target = Literal["nll", "logit_prob", "kl", "js"]
 Kernel = Literal["rwmd_rope", "cosine", "uniform"]
 Perturbation = Literal["delete", "placeholder"]
@@ -39,6 +40,8 @@ class ExplainConfig(BaseModel):
     sampler: Sampler = "sparse_k"
     budget: int = Field(64, ge=1, le=100_000, description="perturbed prompts to score (loo uses one per feature)")
     k: int | None = Field(None, ge=1, description="sparse_k: largest number of features removed per mask; None = auto")
+    sizes: SizeDistribution = Field("uniform", description="sparse_k: how many features a mask removes, 1..k: "
+                                    "uniform, or harmonic (probability ∝ 1/size)")
     target: Target = "nll"
     kernel: Kernel = "rwmd_rope"
     kernel_width: float | None = Field(None, gt=0, description="sigma of the locality kernel; None = the kernel's default")

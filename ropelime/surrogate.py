@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ropelime.attention import use_windowed_attention
 from ropelime.errors import InputError
 from ropelime.prefix_cache import PrefixKV, batch_cache, layout, shared_length
 from ropelime.settings import cache_dir
@@ -66,23 +67,26 @@ def _resolve_device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-DEFAULT_DTYPE = "float32"
+PRECISIONS = ("float32", "mixed", "bfloat16")
+"""float32; mixed: float32 weights and residual stream, matrix products in bfloat16 (autocast); bfloat16."""
+DEFAULT_PRECISION = "auto"
+"""mixed where bf16 is native, else float32: mixed changes attributions by less than their bootstrap interval
+(docs/EVALUATION.md), for about half the time."""
 
 
-def _resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
-    """The compute dtype: as asked ('float32', 'bfloat16', $ROPELIME_DTYPE), else bfloat16 where the
-    hardware runs it natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else float32."""
-    dtype = dtype or os.environ.get("ROPELIME_DTYPE") or DEFAULT_DTYPE
-    if dtype in DTYPES:
-        return DTYPES[dtype]
-    if dtype != "auto":
-        raise SurrogateError(f"unknown dtype {dtype!r}: give one of {', '.join(DTYPES)} or 'auto'.")
+def _resolve_precision(precision: str | None, device: torch.device) -> str:
+    """The compute precision: as asked (or $ROPELIME_DTYPE); 'auto' is 'mixed' where the hardware runs
+    bfloat16 natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else float32."""
+    precision = precision or os.environ.get("ROPELIME_DTYPE") or DEFAULT_PRECISION
+    if precision in PRECISIONS:
+        return precision
+    if precision != "auto":
+        raise SurrogateError(f"unknown dtype {precision!r}: give one of {', '.join(PRECISIONS)} or 'auto'.")
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return "mixed" if torch.cuda.is_bf16_supported() else "float32"
     if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+        return "mixed"
+    return "float32"
 
 
 def prepare_embedded(target: Path | None = None) -> Path:
@@ -127,8 +131,10 @@ def _find_rotary(model: torch.nn.Module) -> torch.nn.Module | None:
 class Surrogate:
     """A loaded causal LM with rotary position embeddings, ready to score responses."""
 
-    def __init__(self, model, tokenizer, name: str, device: torch.device) -> None:
+    def __init__(self, model, tokenizer, name: str, device: torch.device, precision: str = "float32") -> None:
         self.model = model.eval()
+        self.precision = precision
+        """'float32', 'mixed' (bfloat16 matrix products under autocast, float32 weights) or 'bfloat16'."""
         self.tokenizer = tokenizer
         self.name = name
         self.device = device
@@ -139,6 +145,7 @@ class Surrogate:
                 f"(e.g. Gemma, Llama, Qwen, SmolLM2). Use the embedded default or another RoPE model."
             )
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        use_windowed_attention(self.model)
         self.placeholder_id = self._placeholder_id()
         forward = inspect.signature(model.forward).parameters
         self._cache_argument = "cache" if "cache" in forward else "past_key_values"
@@ -151,13 +158,14 @@ class Surrogate:
     def load(cls, name: str | None = None, *, device: str | None = None, dtype: str | None = None) -> Surrogate:
         """Load the embedded default (None or 'gemma3-270m'), a local directory, a GGUF file or a hub id.
 
-        `dtype` is the compute dtype ('float32', 'bfloat16' or 'auto'; default $ROPELIME_DTYPE or DEFAULT_DTYPE).
+        `dtype` is the compute precision ('float32', 'mixed', 'bfloat16' or 'auto'; default $ROPELIME_DTYPE
+        or DEFAULT_PRECISION).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         name = name or os.environ.get("ROPELIME_SURROGATE") or EMBEDDED
         torch_device = _resolve_device(device)
-        torch_dtype = _resolve_dtype(dtype, torch_device)
+        precision = _resolve_precision(dtype, torch_device)
         path = Path(name).expanduser()
         try:
             if name == EMBEDDED:
@@ -181,11 +189,8 @@ class Surrogate:
             raise
         except (OSError, ValueError, KeyError) as error:
             raise SurrogateError(f"could not load surrogate {name!r}: {str(error).splitlines()[0]}") from error
-        return cls(model.to(torch_device, torch_dtype), tokenizer, name, torch_device)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
+        weights = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        return cls(model.to(torch_device, weights), tokenizer, name, torch_device, precision)
 
     def _placeholder_id(self) -> int:
         ids = self.tokenizer.encode(" _", add_special_tokens=False)
@@ -353,14 +358,15 @@ class Surrogate:
         batch = layout(rows, reusable if cached else [0] * len(rows), pad)
         if batch.cached_width:
             cache = batch_cache(cached, batch.reused)
-        out = self.model(
-            input_ids=batch.input_ids.to(self.device),
-            attention_mask=batch.attention_mask.to(self.device),
-            position_ids=batch.position_ids.to(self.device),
-            logits_to_keep=keep,
-            use_cache=cache is not None,
-            **{self._cache_argument: cache},
-        )
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "mixed"):
+            out = self.model(
+                input_ids=batch.input_ids.to(self.device),
+                attention_mask=batch.attention_mask.to(self.device),
+                position_ids=batch.position_ids.to(self.device),
+                logits_to_keep=keep,
+                use_cache=cache is not None,
+                **{self._cache_argument: cache},
+            )
         return out.logits
 
     # ---- RoPE embedding space -------------------------------------------------------------
@@ -400,7 +406,7 @@ class Surrogate:
     def info(self) -> dict[str, object]:
         return {
             "name": self.name,
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": self.precision,
             "device": str(self.device),
             "chat_template": self.has_chat_template,
         }

@@ -1,14 +1,16 @@
 #!/bin/sh
-# Fit-only variants of the default method on the first N MMLU items at budget 64, seed 0: the same
+# Fit-only variants of the default method on the first N items of a task at budget 64, seed 0: the same
 # sparse_k masks, so with --reuse-scores they cost no surrogate pass once the base run has scored them
-# (only each variant's top-k removal mask is new). Usage: scripts/eval_refit_sweep.sh N
+# (only each variant's top-k removal mask is new). Usage: scripts/eval_refit_sweep.sh TASK N
 set -e
-N=${1:?number of items}
-DATA=${DATA:-../shared/data/mmlu_decisive_dev.jsonl}
+TASK=${1:?task (mmlu or hotpotqa)}
+N=${2:?number of items}
+case $TASK in mmlu) FILE=mmlu_decisive_dev.jsonl ;; hotpotqa) FILE=hotpotqa_dev.jsonl ;; *) exit 2 ;; esac
+DATA=${DATA:-../shared/data/$FILE}
 OUT=${OUT:-docs/results/refit}
 mkdir -p "$OUT"
-run() { name=$1; shift; ropelime eval mmlu --data "$DATA" --limit "$N" --methods ropelime --budget 64 --seed 0 \
-        --reuse-scores "$@" --json "$OUT/mmlu_n${N}_$name.json" > /dev/null; }
+run() { name=$1; shift; ropelime eval "$TASK" --data "$DATA" --limit "$N" --methods ropelime --budget 64 --seed 0 \
+        --reuse-scores "$@" --json "$OUT/${TASK}_n${N}_$name.json" > /dev/null; }
 run base
 for target in logit_prob kl js; do run "target_$target" --target "$target"; done
 for kernel in cosine uniform; do run "kernel_$kernel" --kernel "$kernel"; done

@@ -2,6 +2,7 @@
 
     python scripts/eval_tables.py docs/results/mmlu_b64.json ...        # one table per report
     python scripts/eval_tables.py --compact docs/results/refit/*.json  # one row per report and method
+    python scripts/eval_tables.py --compact --base BASE.json OTHER.json ...  # plus paired differences
     python scripts/eval_tables.py --plot docs/eval_budget.png docs/results/sweep_*.json
 """
 
@@ -27,7 +28,8 @@ def cell(stat: dict, digits: int) -> str:
 
 def table(report: dict, path: str) -> str:
     lines = [f"`{path}` — {report['task']}, {report['items']} items{'' if report.get('complete') else ' (partial)'}, "
-             f"budget {report['budget']}, fixed output: {report['fixed_output']}, surrogate {report['surrogate']}",
+             f"budget {report['budget']}, fixed output: {report['fixed_output']}, surrogate {report['surrogate']}"
+             f" ({report.get('precision', 'float32')})",
              "",
              "| method | n | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
              "|---" * (len(COLUMNS) + 2) + "|"]
@@ -54,14 +56,27 @@ def paired(report: dict, reference: str = "ropelime", metrics: tuple[str, ...] =
     return "\n".join(lines)
 
 
-def compact(reports: list[dict], paths: list[str]) -> str:
-    """One row per report and method, labelled by the file name: for sweeps of one option."""
-    lines = ["| variant | method | n | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 3) + "|"]
+def paired_difference(report: dict, base: dict, method: str, metric: str) -> dict:
+    """Mean [interval] of report − base for `method` over the items both have the metric for."""
+    def values(r: dict) -> dict:
+        return {x["id"]: x[metric] for x in r["records"] if x["method"] == method and metric in x}
+
+    ours, theirs = values(report), values(base)
+    return mean_ci([ours[i] - theirs[i] for i in ours if i in theirs])
+
+
+def compact(reports: list[dict], paths: list[str], base: dict | None = None) -> str:
+    """One row per report and method, labelled by the file name: for sweeps of one option. With
+    `base`, two more columns: the paired AUROC and LDS differences against the base report."""
+    extra = ["Δ AUROC vs base", "Δ LDS vs base"] if base else []
+    lines = ["| variant | method | n | " + " | ".join([title for _, title, _ in COLUMNS] + extra) + " |",
+             "|---" * (len(COLUMNS) + 3 + len(extra)) + "|"]
     for report, path in zip(reports, paths):
         for method, summary in report["summary"].items():
-            lines.append(f"| {Path(path).stem} | {method} | {summary['auroc']['n']} | "
-                         + " | ".join(cell(summary[key], digits) for key, _, digits in COLUMNS) + " |")
+            cells = [cell(summary[key], digits) for key, _, digits in COLUMNS]
+            if base:
+                cells += [cell(paired_difference(report, base, method, m), 3) for m in ("auroc", "lds")]
+            lines.append(f"| {Path(path).stem} | {method} | {summary['auroc']['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -105,6 +120,7 @@ def main() -> None:
     parser.add_argument("reports", nargs="+")
     parser.add_argument("--plot", metavar="PNG", help="plot AUROC against budget from these reports")
     parser.add_argument("--compact", action="store_true", help="one table, one row per report and method")
+    parser.add_argument("--base", metavar="REPORT", help="--compact: add paired differences against this report")
     args = parser.parse_args()
     reports = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.reports]
     if args.plot:
@@ -112,7 +128,8 @@ def main() -> None:
         print(f"wrote {args.plot}")
         return
     if args.compact:
-        print(compact(reports, args.reports))
+        base = json.loads(Path(args.base).read_text(encoding="utf-8")) if args.base else None
+        print(compact(reports, args.reports, base))
         return
     for report, path in zip(reports, args.reports):
         print(table(report, path), end="\n\n")

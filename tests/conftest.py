@@ -55,17 +55,28 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_surrogate(tiny_model_dir):
     from ropelime.surrogate import Surrogate
 
-    return Surrogate.load(str(tiny_model_dir), device="cpu")
+    return Surrogate.load(str(tiny_model_dir), device="cpu", dtype="float32")  # exact: compared with plain loops
+
+
+def load_embedded(dtype: str | None = None):
+    """The real embedded default, prepared once in the user's (or CI's) cache directory."""
+    from ropelime.surrogate import EMBEDDED, Surrogate, prepare_embedded
+
+    surrogate = Surrogate.load(str(prepare_embedded(USER_CACHE / "models" / EMBEDDED)), device="cpu", dtype=dtype)
+    surrogate.name = EMBEDDED
+    return surrogate
 
 
 @pytest.fixture(scope="session")
 def embedded_surrogate():
-    """The real embedded default, prepared once in the user's (or CI's) cache directory."""
-    from ropelime.surrogate import EMBEDDED, Surrogate, prepare_embedded
+    """The embedded default at the default precision."""
+    return load_embedded()
 
-    surrogate = Surrogate.load(str(prepare_embedded(USER_CACHE / "models" / EMBEDDED)), device="cpu")
-    surrogate.name = EMBEDDED
-    return surrogate
+
+@pytest.fixture(scope="session")
+def embedded_float32():
+    """The embedded default in float32, for comparisons with plain fp32 loops."""
+    return load_embedded("float32")
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +106,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def env(tiny_model_dir) -> dict[str, str]:
-    """A child server's environment: the tiny surrogate on the CPU, and this test's cache directory."""
+    """A child server's environment: the tiny surrogate on the CPU in float32 (as the tiny_surrogate fixture)."""
     import os
 
-    return {**os.environ, "ROPELIME_SURROGATE": str(tiny_model_dir), "ROPELIME_DEVICE": "cpu"}
+    return {**os.environ, "ROPELIME_SURROGATE": str(tiny_model_dir), "ROPELIME_DEVICE": "cpu",
+            "ROPELIME_DTYPE": "float32"}

@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from scipy.stats import spearmanr
 
 from ropelime.features import find_explain_span, split_features
 from ropelime.fit import fit_linear
@@ -42,7 +43,7 @@ def tiny_gemma(tiny_model_dir, tmp_path_factory) -> Surrogate:
                               final_logit_softcapping=5.0, max_position_embeddings=512,
                               pad_token_id=0, bos_token_id=1, eos_token_id=2)
     Gemma3ForCausalLM(config).save_pretrained(path)
-    return Surrogate.load(str(path), device="cpu")
+    return Surrogate.load(str(path), device="cpu", dtype="float32")
 
 
 def plain_distributions(surrogate: Surrogate, prefix: list[int], response: list[int]) -> torch.Tensor:
@@ -145,20 +146,34 @@ def test_common_start_is_reused_without_a_reference(tiny_gemma):
         np.testing.assert_allclose(rows[i].logp, plain_logp(tiny_gemma, prefix, response), atol=1e-4)
 
 
-@pytest.mark.slow
-def test_engine_equals_plain_on_the_embedded_model(embedded_surrogate, hotpotqa_items):
-    """Gemma 3 270M on a real HotpotQA prompt (longer than its 512-token sliding window)."""
-    item = hotpotqa_items[0]
+def hotpotqa_prompts(surrogate, item: dict, masks_wanted: int):
+    """A real HotpotQA prompt (longer than Gemma 3's 512-token sliding window), sparse_k prompts, response."""
     context = "\n\n".join(f"{title}: {''.join(sentences).strip()}" for title, sentences in item["context"])
     prompt = f"Question: {item['question']}\n\nContext:\n{context}"
     features = split_features(prompt, "sentence", explain=find_explain_span(prompt, context))
-    encoded = embedded_surrogate.encode_prompt(prompt, None, [(f.start, f.end) for f in features])
+    encoded = surrogate.encode_prompt(prompt, None, [(f.start, f.end) for f in features])
     assert len(encoded.ids) > 1000
-    masks = sample_masks(len(features), "sparse_k", 3, seed=0)
-    masks[2, :] = True
-    masks[2, -2] = False  # removes a late sentence: most of the prompt comes from the cache
-    prefixes = [perturb_tokens(encoded, m, "delete", embedded_surrogate.placeholder_id)[0] for m in masks]
-    response = embedded_surrogate.encode_response(item["answer"])
-    rows = engine_scores(embedded_surrogate, encoded, prefixes, response, max_batch_tokens=8192)
+    masks = sample_masks(len(features), "sparse_k", masks_wanted, seed=0)
+    masks[-1, :] = True
+    masks[-1, -2] = False  # removes a late sentence: most of the prompt comes from the cache
+    prefixes = [perturb_tokens(encoded, m, "delete", surrogate.placeholder_id)[0] for m in masks]
+    return encoded, prefixes, surrogate.encode_response(item["answer"])
+
+
+@pytest.mark.slow
+def test_engine_equals_plain_on_the_embedded_model(embedded_float32, hotpotqa_items):
+    encoded, prefixes, response = hotpotqa_prompts(embedded_float32, hotpotqa_items[0], 3)
+    rows = engine_scores(embedded_float32, encoded, prefixes, response, max_batch_tokens=8192)
     for prefix, row in zip(prefixes, rows):
-        np.testing.assert_allclose(row.logp, plain_logp(embedded_surrogate, prefix, response), atol=2e-4)
+        np.testing.assert_allclose(row.logp, plain_logp(embedded_float32, prefix, response), atol=2e-4)
+
+
+@pytest.mark.slow
+def test_mixed_precision_orders_masks_like_float32_on_the_embedded_model(embedded_float32, hotpotqa_items):
+    """The default precision on this CPU (bf16 products under autocast) against fp32, on 12 real masks."""
+    mixed = Surrogate(embedded_float32.model, embedded_float32.tokenizer, "mixed", torch.device("cpu"), "mixed")
+    encoded, prefixes, response = hotpotqa_prompts(embedded_float32, hotpotqa_items[1], 12)
+    exact = np.array([-row.logp.mean() for row in engine_scores(embedded_float32, encoded, prefixes, response, 8192)])
+    close = np.array([-row.logp.mean() for row in engine_scores(mixed, encoded, prefixes, response, 8192)])
+    assert 0 < np.abs(close - exact).max() < 0.1
+    assert spearmanr(exact, close).statistic > 0.9

@@ -115,6 +115,15 @@ def test_sparse_k_respects_k():
     assert removed(sample_masks(4, "sparse_k", 50, k=10)).sum(axis=1).max() == 3
 
 
+def test_harmonic_sizes_remove_fewer_features_than_uniform():
+    uniform = removed(sample_masks(60, "sparse_k", 400, k=8, seed=1)).sum(axis=1)
+    harmonic = removed(sample_masks(60, "sparse_k", 400, k=8, sizes="harmonic", seed=1)).sum(axis=1)
+    assert set(harmonic.tolist()) == set(range(1, 9))
+    # sizes 2..8 (the 60 singletons come first) ∝ 1/s have mean ≈ 4.0; uniform over 2..8 has mean 5
+    assert harmonic[60:].mean() < 4.4 < 4.6 < uniform[60:].mean()
+    assert np.mean(harmonic[60:] == 2) > 2 * np.mean(uniform[60:] == 2)
+
+
 def test_bernoulli_keeps_about_half_and_returns_all_masks_of_a_tiny_space():
     masks = sample_masks(200, "bernoulli", 500, seed=0)
     assert masks.shape == (500, 200)
@@ -127,6 +136,7 @@ def test_bernoulli_keeps_about_half_and_returns_all_masks_of_a_tiny_space():
     (dict(d=3, sampler="sparse_k", budget=0), "budget must be a positive"),
     (dict(d=3, sampler="sparse_k", budget=4, k=0), "k .* at least 1"),
     (dict(d=3, sampler="random", budget=4), "unknown sampler"),
+    (dict(d=3, sampler="sparse_k", budget=4, sizes="zipf"), "unknown size distribution"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -33,7 +33,8 @@ def mode(request) -> str:
 
 
 @pytest.fixture
-def server(tiny_model_dir):
+def server(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("ROPELIME_DTYPE", "float32")  # as the tiny_surrogate fixture, which results are compared with
     return build_server(EngineOptions(surrogate=str(tiny_model_dir), device="cpu"))
 
 

@@ -46,6 +46,32 @@ def test_scores_match_a_plain_full_logits_forward(tiny_surrogate):
     np.testing.assert_allclose(scores.logp, expected, atol=1e-5)
 
 
+def test_mixed_precision_scores_are_close_to_float32_and_keep_float32_weights(tiny_model_dir):
+    mixed = Surrogate.load(str(tiny_model_dir), device="cpu", dtype="mixed")
+    exact = Surrogate.load(str(tiny_model_dir), device="cpu", dtype="float32")
+    assert mixed.precision == "mixed" and mixed.model.dtype == torch.float32
+    encoded = exact.encode_prompt(PROMPT, None, SPANS)
+    response = exact.encode_response("Paris is the capital.")
+    ids = np.array(encoded.ids)
+    prefixes = [ids[encoded.token_feature != j].tolist() for j in range(3)]
+    scores = {}
+    for name, surrogate in (("mixed", mixed), ("exact", exact)):
+        reference = surrogate.reference(encoded.ids, response)
+        scores[name] = {i: s.logp for rows, batch in surrogate.iter_scores(prefixes, response, reference=reference)
+                        for i, s in zip(rows, batch)}
+    difference = max(np.abs(scores["mixed"][i] - scores["exact"][i]).max() for i in range(3))
+    assert 0 < difference < 0.05  # bf16 products: different, but only in the low digits
+
+
+def test_precision_auto_and_unknown(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert Surrogate.load(str(tiny_model_dir), device="cpu", dtype="auto").precision == "float32"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert Surrogate.load(str(tiny_model_dir), device="cpu", dtype="auto").precision == "mixed"
+    with pytest.raises(SurrogateError, match="unknown dtype 'fp8'.*float32, mixed, bfloat16"):
+        Surrogate.load(str(tiny_model_dir), device="cpu", dtype="fp8")
+
+
 def test_tokens_map_to_the_feature_holding_them(tiny_surrogate):
     encoded = tiny_surrogate.encode_prompt(PROMPT, None, SPANS)
     pieces = {j: tiny_surrogate.tokenizer.decode([t for t, f in zip(encoded.ids, encoded.token_feature) if f == j])
