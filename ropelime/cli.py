@@ -10,8 +10,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import get_args
 
-from ropelime.schema import (ExplainConfig, Granularity, Kernel, Perturbation, Sampler, SizeDistribution, Solver,
-                             Target)
+from ropelime.schema import (ExplainConfig, Granularity, Kernel, KernelCost, Perturbation, Sampler, SizeDistribution,
+                             Solver, Target)
 
 DEMO = files("ropelime.examples")
 
@@ -33,6 +33,11 @@ def _method_options(m) -> None:
     m.add_argument("--target", choices=get_args(Target), default=default.target)
     m.add_argument("--kernel", choices=get_args(Kernel), default=default.kernel)
     m.add_argument("--kernel-width", type=float, help="sigma of the locality kernel")
+    m.add_argument("--kernel-cost", choices=get_args(KernelCost), default=default.kernel_cost,
+                   help="rwmd_rope: ground cost between RoPE token vectors (cosine = 1 - cosine similarity)")
+    m.add_argument("--kernel-normalise", action=argparse.BooleanOptionalAction, default=default.kernel_normalise,
+                   help="rwmd_rope: divide distances by their largest one (--no-kernel-normalise: sigma applies "
+                        "to raw distances)")
     m.add_argument("--perturb", choices=get_args(Perturbation), default=default.perturb)
     m.add_argument("--solver", choices=get_args(Solver), default=default.solver)
     m.add_argument("--alpha", type=float, help="ridge / lasso regularisation")
@@ -42,8 +47,9 @@ def _method_options(m) -> None:
 def _method_config(args, **extra) -> ExplainConfig:
     """The ExplainConfig of the method options (plus `extra` fields)."""
     return ExplainConfig(sampler=args.sampler, k=args.k, sizes=args.sizes, target=args.target, kernel=args.kernel,
-                         kernel_width=args.kernel_width, perturb=args.perturb, solver=args.solver, alpha=args.alpha,
-                         seed=args.seed, **extra)
+                         kernel_width=args.kernel_width, kernel_cost=args.kernel_cost,
+                         kernel_normalise=args.kernel_normalise, perturb=args.perturb, solver=args.solver,
+                         alpha=args.alpha, seed=args.seed, **extra)
 
 
 def _explain_parser(sub) -> None:

@@ -19,7 +19,7 @@ from ropelime.fit import fit_linear
 from ropelime.kernels import kernel_weights, rwmd
 from ropelime.perturb import perturb_tokens
 from ropelime.samplers import sample_masks
-from ropelime.schema import Cost, Diagnostics, ExplainConfig, Explanation, FeatureScore, SurrogateInfo
+from ropelime.schema import Cost, Diagnostics, ExplainConfig, Explanation, FeatureScore, KernelCost, SurrogateInfo
 from ropelime.settings import Limits, cache_dir
 from ropelime.surrogate import EncodedPrompt, Surrogate, TokenScores
 from ropelime.targets import SUPPORT_SIGN, target_vector
@@ -124,10 +124,11 @@ def explain(
         raise InputError("no cached scores for this explanation (the cache was cleared or the surrogate "
                          "differs); run the explanation again.")
     masks, planned = planned_masks[scored], len(planned_masks)
-    distances = rwmd_distances(surrogate, encoded, [perturbed[i] for i in scored]) \
+    distances = rwmd_distances(surrogate, encoded, [perturbed[i] for i in scored], config.kernel_cost) \
         if config.kernel == "rwmd_rope" else None
     y = target_vector(rows, config.target, positions)
-    weights = kernel_weights(config.kernel, masks, width=config.kernel_width, rwmd_distances=distances)
+    weights = kernel_weights(config.kernel, masks, width=config.kernel_width, rwmd_distances=distances,
+                             normalise=config.kernel_normalise)
     fit = fit_linear(masks, y, weights, solver=config.solver, alpha=config.alpha, seed=config.seed)
     sign = SUPPORT_SIGN[config.target]
     scores = sign * fit.coef
@@ -306,11 +307,11 @@ def score_masks(
     return scored, [rows[i] for i in scored], perturbed, stopped
 
 
-def rwmd_distances(surrogate: Surrogate, encoded: EncodedPrompt,
-                   perturbed: list[tuple[list[int], np.ndarray]]) -> np.ndarray:
+def rwmd_distances(surrogate: Surrogate, encoded: EncodedPrompt, perturbed: list[tuple[list[int], np.ndarray]],
+                   cost: KernelCost = "euclidean") -> np.ndarray:
     """RWMD in RoPE embedding space between the prompt's tokens and each perturbed prompt's tokens."""
     base = surrogate.rope_vectors(encoded.ids, encoded.prompt_tokens)
-    return np.array([rwmd(base, surrogate.rope_vectors(ids, keep)) for ids, keep in perturbed])
+    return np.array([rwmd(base, surrogate.rope_vectors(ids, keep), cost) for ids, keep in perturbed])
 
 
 def mask_targets(

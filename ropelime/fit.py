@@ -103,7 +103,8 @@ def fit_linear(
     """Fit with intercept; intervals are percentile bootstrap over the scored masks.
 
     Lasso that zeroes every coefficient is refitted at a tenth of the smallest all-zero alpha and
-    says so in `notes`, so it never returns a silent all-zero attribution.
+    says so in `notes`, and weights that leave a single mask (every coefficient 0) are named there
+    too, so it never returns a silent all-zero attribution.
     """
     x = masks.astype(np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -112,6 +113,8 @@ def fit_linear(
     w = w / w.mean() if w.mean() > 0 else np.ones_like(w)
     alpha = DEFAULT_ALPHA[solver] if alpha is None else alpha
     notes: list[str] = []
+    if np.count_nonzero(w) == 1:
+        notes.append("only one mask has weight, so every score is 0: widen the locality kernel (kernel_width)")
     intercept, coef = _solve(x, y, w, solver, alpha)
     if solver == "lasso" and not np.any(coef) and _lasso_alpha_max(x, y, w) > 0:
         alpha = _lasso_alpha_max(x, y, w) / 10

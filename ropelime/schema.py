@@ -11,6 +11,7 @@ Sampler = Literal["sparse_k", "loo", "bernoulli"]
 SizeDistribution = Literal["uniform", "harmonic"]
 Target = Literal["nll", "logit_prob", "kl", "js"]
 Kernel = Literal["rwmd_rope", "cosine", "uniform"]
+KernelCost = Literal["euclidean", "cosine"]
 Perturbation = Literal["delete", "placeholder"]
 Solver = Literal["ridge", "ols", "lasso"]
 
@@ -45,6 +46,13 @@ class ExplainConfig(BaseModel):
     target: Target = "nll"
     kernel: Kernel = "rwmd_rope"
     kernel_width: float | None = Field(None, gt=0, description="sigma of the locality kernel; None = the kernel's default")
+    kernel_cost: KernelCost = Field("euclidean", description="rwmd_rope: ground cost between RoPE token vectors in "
+                                    "the RWMD: euclidean distance, or cosine (1 − cosine similarity, 0..2); "
+                                    "the cosine and uniform kernels ignore it")
+    kernel_normalise: bool = Field(True, description="rwmd_rope: divide the distances by their largest finite value "
+                                   "before sqrt(exp(−D²/σ²)); False = kernel_width applies to the raw distances "
+                                   "(euclidean ones grow with the embeddings' norms); the cosine and uniform "
+                                   "kernels ignore it")
     perturb: Perturbation = "delete"
     solver: Solver = "ridge"
     alpha: float | None = Field(None, ge=0, description="regularisation of ridge / lasso; None = the solver's default")

@@ -57,9 +57,26 @@ def test_repeating_an_explanation_costs_no_surrogate_pass(tiny_surrogate, cache)
     assert [f.score for f in again.features] == [f.score for f in first.features]
 
 
-@pytest.mark.parametrize("option", [{"seed": 1}, {"sampler": "bernoulli"}, {"target": "kl"}, {"perturb": "placeholder"}])
+@pytest.mark.parametrize("option", [{"seed": 1}, {"sampler": "bernoulli"}, {"target": "kl"}, {"perturb": "placeholder"},
+                                    {"kernel_cost": "cosine"}, {"kernel_normalise": False}])
 def test_the_id_changes_with_the_method(tiny_surrogate, cache, option):
     assert run(tiny_surrogate, cache, **option).id != run(tiny_surrogate, cache).id
+
+
+def test_the_kernel_cost_and_normalisation_only_change_the_fit(tiny_surrogate, cache):
+    first = run(tiny_surrogate, cache)
+    for option in ({"kernel_cost": "cosine"}, {"kernel_normalise": False}):
+        again = run(tiny_surrogate, cache, **option)
+        assert again.cost.surrogate_forward_passes == 0 and again.cost.cached_samples == again.diagnostics.samples
+        assert again.config.model_dump(include=set(option)) == option
+        assert [f.score for f in again.features] != [f.score for f in first.features]
+        assert any(f.score != 0 for f in again.features) and not again.diagnostics.notes
+    part = ropelime.refit(again, "France", surrogate=tiny_surrogate, cache=cache)
+    assert part.config == again.config and part.cost.surrogate_forward_passes == 0
+    # raw distances far beyond the kernel width leave only the unperturbed prompt: said, not silent
+    narrow = run(tiny_surrogate, cache, kernel_normalise=False, kernel_width=1e-4)
+    assert all(f.score == 0 for f in narrow.features)
+    assert any("widen the locality kernel" in note for note in narrow.diagnostics.notes)
 
 
 def test_time_budget_gives_a_partial_result_that_resumes(tiny_surrogate, cache):

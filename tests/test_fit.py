@@ -51,6 +51,17 @@ def test_lasso_never_returns_silent_zeros():
     assert any("alpha lowered" in note for note in fit.notes)
 
 
+@pytest.mark.parametrize("solver", ["ridge", "ols", "lasso"])
+def test_a_kernel_that_leaves_one_mask_says_so(solver):
+    masks, y, _ = planted()
+    weights = np.zeros(len(y))
+    weights[0] = 1.0  # e.g. raw distances far beyond the kernel width: only the unperturbed prompt weighs
+    fit = fit_linear(masks, y, weights, solver=solver)
+    assert not np.any(fit.coef) and np.all(np.isfinite([fit.ci_low, fit.ci_high]))
+    assert any("only one mask has weight" in note for note in fit.notes)
+    assert not fit_linear(masks, y, np.ones(len(y)), solver=solver).notes
+
+
 def test_intervals_widen_with_noise_and_never_nan():
     masks, y, _ = planted(noise=0.01)
     quiet = fit_linear(masks, y, np.ones(len(y)))
