@@ -14,7 +14,10 @@ run() { name=$1; shift; ropelime eval "$TASK" --data "$DATA" --limit "$N" --meth
 run base
 for target in logit_prob kl js; do run "target_$target" --target "$target"; done
 for kernel in cosine uniform; do run "kernel_$kernel" --kernel "$kernel"; done
-for width in 0.25 1.0; do run "rwmd_width_$width" --kernel-width "$width"; done
+for width in 0.1 0.25 1.0 2.0; do run "rwmd_width_$width" --kernel-width "$width"; done
+run rwmd_cost_cosine --kernel-cost cosine
+run rwmd_cost_cosine_raw --kernel-cost cosine --no-kernel-normalise
+for width in 5 10 20; do run "rwmd_raw_width_$width" --no-kernel-normalise --kernel-width "$width"; done
 run solver_ols --solver ols
 run solver_lasso --solver lasso
 for alpha in 0.1 10; do run "ridge_alpha_$alpha" --alpha "$alpha"; done
