@@ -80,8 +80,8 @@ def compact(reports: list[dict], paths: list[str], base: dict | None = None) -> 
     return "\n".join(lines)
 
 
-def plot(reports: list[dict], out: Path, metric: str = "auroc") -> None:
-    """Mean metric with its interval against the budget, one line per method/sampler."""
+def plot(reports: list[dict], out: Path, metrics: tuple[str, ...] = ("auroc", "lds")) -> None:
+    """Mean of each metric with its interval against the budget, one panel per metric, one line per method/sampler."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,22 +95,24 @@ def plot(reports: list[dict], out: Path, metric: str = "auroc") -> None:
             sampler = config["sampler"] if isinstance(config, dict) else "bernoulli"
             label = f"{method} ({sampler})" if method == "ropelime" else method
             x = mean_d if report["budget"] == "d" or sampler == "loo" else float(report["budget"])
-            series.setdefault(label, {})[round(x, 1)] = summary[metric]  # loo (budget d) appears once
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, by_budget in sorted(series.items()):
-        points = sorted(by_budget.items())
-        x = [p[0] for p in points]
-        mean = [p[1]["mean"] for p in points]
-        ax.errorbar(x, mean, yerr=[[m - p[1]["low"] for m, p in zip(mean, points)],
-                                   [p[1]["high"] - m for m, p in zip(mean, points)]],
-                    marker="o", capsize=3, label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("budget (perturbed prompts)")
-    ax.set_ylabel(metric.upper())
-    ax.axhline(0.5, color="grey", lw=0.5, ls="--")
-    ax.legend(fontsize=8)
-    n = {r["items"] for r in reports}
-    ax.set_title(f"{reports[0]['task']}: {metric} vs budget ({'/'.join(map(str, sorted(n)))} items)")
+            series.setdefault(label, {})[round(x, 1)] = summary  # loo (budget d) appears once
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4))
+    for ax, metric in zip(axes, metrics):
+        for label, by_budget in sorted(series.items()):
+            points = sorted(by_budget.items())
+            mean = [p[1][metric]["mean"] for p in points]
+            ax.errorbar([p[0] for p in points], mean,
+                        yerr=[[m - p[1][metric]["low"] for m, p in zip(mean, points)],
+                              [p[1][metric]["high"] - m for m, p in zip(mean, points)]],
+                        marker="o", capsize=3, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("budget (perturbed prompts)")
+        ax.set_ylabel(metric.upper())
+        if metric == "auroc":
+            ax.axhline(0.5, color="grey", lw=0.5, ls="--")
+        ax.legend(fontsize=8)
+    n = "/".join(map(str, sorted({r["items"] for r in reports})))
+    fig.suptitle(f"{reports[0]['task']}, {n} items: agreement with gold (AUROC) and faithfulness (LDS) vs budget")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
 
@@ -118,7 +120,7 @@ def plot(reports: list[dict], out: Path, metric: str = "auroc") -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reports", nargs="+")
-    parser.add_argument("--plot", metavar="PNG", help="plot AUROC against budget from these reports")
+    parser.add_argument("--plot", metavar="PNG", help="plot AUROC and LDS against budget from these reports")
     parser.add_argument("--compact", action="store_true", help="one table, one row per report and method")
     parser.add_argument("--base", metavar="REPORT", help="--compact: add paired differences against this report")
     args = parser.parse_args()
