@@ -3,14 +3,23 @@
     python scripts/eval_tables.py docs/results/mmlu_b64.json ...        # one table per report
     python scripts/eval_tables.py --compact docs/results/refit/*.json  # one row per report and method
     python scripts/eval_tables.py --compact --base BASE.json OTHER.json ...  # plus paired differences
-    python scripts/eval_tables.py --plot docs/eval_budget.png docs/results/sweep_*.json
+    python scripts/eval_tables.py --plot docs/eval_budget.png docs/results/budget/*.json
+    python scripts/eval_tables.py --fill docs/EVALUATION.md   # regenerate every marked table in place
+
+In `--fill`, a table is the text between `<!-- eval_tables: ARGS -->` and `<!-- end -->`, replaced by
+this script's output for ARGS (report paths, globs allowed, relative to the repository root).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import glob
+import io
 import json
 import math
+import re
+import shlex
 from pathlib import Path
 
 from ropelime.evaluate import mean_ci
@@ -39,7 +48,8 @@ def table(report: dict, path: str) -> str:
     return "\n".join(lines)
 
 
-def paired(report: dict, reference: str = "ropelime", metrics: tuple[str, ...] = ("auroc", "ap", "lds")) -> str:
+def paired(report: dict, reference: str = "ropelime",
+           metrics: tuple[str, ...] = ("auroc", "ap", "lds", "topk_minus_random")) -> str:
     """Per baseline: mean paired difference (reference − baseline) over the items both finished."""
     by = {(r["method"], r["id"]): r for r in report["records"] if "error" not in r}
     lines = []
@@ -67,15 +77,15 @@ def paired_difference(report: dict, base: dict, method: str, metric: str) -> dic
 
 def compact(reports: list[dict], paths: list[str], base: dict | None = None) -> str:
     """One row per report and method, labelled by the file name: for sweeps of one option. With
-    `base`, two more columns: the paired AUROC and LDS differences against the base report."""
-    extra = ["Δ AUROC vs base", "Δ LDS vs base"] if base else []
+    `base`, three more columns: the paired AUROC, LDS and top-k drop differences against the base report."""
+    extra = ["Δ AUROC vs base", "Δ LDS vs base", "Δ top-k drop vs base"] if base else []
     lines = ["| variant | method | n | " + " | ".join([title for _, title, _ in COLUMNS] + extra) + " |",
              "|---" * (len(COLUMNS) + 3 + len(extra)) + "|"]
     for report, path in zip(reports, paths):
         for method, summary in report["summary"].items():
             cells = [cell(summary[key], digits) for key, _, digits in COLUMNS]
             if base:
-                cells += [cell(paired_difference(report, base, method, m), 3) for m in ("auroc", "lds")]
+                cells += [cell(paired_difference(report, base, method, m), 3) for m in ("auroc", "lds", "topk_minus_random")]
             lines.append(f"| {Path(path).stem} | {method} | {summary['auroc']['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -117,13 +127,35 @@ def plot(reports: list[dict], out: Path, metrics: tuple[str, ...] = ("auroc", "l
     fig.savefig(out, dpi=120)
 
 
-def main() -> None:
+MARKED = re.compile(r"(<!-- eval_tables: (.*?) -->\n)(.*?)(<!-- end -->)", re.DOTALL)
+
+
+def fill(document: Path) -> None:
+    """Regenerate every marked table of `document` from the reports its marker names."""
+    def regenerate(match: re.Match) -> str:
+        output = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(output):
+                main([path for word in shlex.split(match.group(2)) for path in (sorted(glob.glob(word)) or [word])])
+        except FileNotFoundError as missing:
+            output = io.StringIO(f"_No report yet: `{missing.filename}`._")
+        return f"{match.group(1)}{output.getvalue().rstrip()}\n{match.group(4)}"
+
+    document.write_text(MARKED.sub(regenerate, document.read_text(encoding="utf-8")), encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("reports", nargs="+")
+    parser.add_argument("reports", nargs="*")
+    parser.add_argument("--fill", metavar="MARKDOWN", help="regenerate the marked tables of this document")
     parser.add_argument("--plot", metavar="PNG", help="plot AUROC and LDS against budget from these reports")
     parser.add_argument("--compact", action="store_true", help="one table, one row per report and method")
     parser.add_argument("--base", metavar="REPORT", help="--compact: add paired differences against this report")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.fill:
+        fill(Path(args.fill))
+        print(f"filled {args.fill}")
+        return
     reports = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.reports]
     if args.plot:
         plot(reports, Path(args.plot))
