@@ -19,9 +19,13 @@ DEFAULT_WIDTH: dict[str, float] = {"rwmd_rope": 0.5, "cosine": 0.25, "uniform": 
 
 def _ground_cost(a: torch.Tensor, b: torch.Tensor, cost: KernelCost = "euclidean") -> torch.Tensor:
     """Cost between every row of `a` and every row of `b`: Euclidean distance, or cosine distance
-    1 − cos(a, b) (in 0..2, blind to the vectors' lengths)."""
+    1 − cos(a, b) (in 0..2, blind to the vectors' lengths).
+
+    Euclidean distances go through a matrix product (|a|² + |b|² − 2a·b): 16× faster than the
+    direct difference on a 1,600-token prompt (28 s → 1.7 s for 64 masks), with absolute errors
+    about 1e-3 (so identical vectors are ~1e-3 apart, not 0) against distances of 1–30."""
     if cost == "euclidean":
-        return torch.cdist(a.unsqueeze(0), b.unsqueeze(0), compute_mode="donot_use_mm_for_euclid_dist").squeeze(0)
+        return torch.cdist(a.unsqueeze(0), b.unsqueeze(0), compute_mode="use_mm_for_euclid_dist").squeeze(0)
     if cost == "cosine":
         return (1.0 - F.normalize(a, dim=1) @ F.normalize(b, dim=1).T).clamp_min(0.0)
     raise ValueError(f"unknown kernel cost {cost!r}: choose euclidean or cosine")
