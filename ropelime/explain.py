@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from importlib.metadata import version
@@ -36,10 +37,16 @@ class Cancelled(Exception):
     """Raised when `should_stop` asks to stop; every score computed so far is already cached."""
 
 
+def load_surrogate(name: str | None = None, device: str | None = None, dtype: str | None = None) -> Surrogate:
+    """Load a surrogate once per process and setting (the embedded default when name is None);
+    unset arguments follow $ROPELIME_SURROGATE, $ROPELIME_DEVICE and $ROPELIME_DTYPE as they are now."""
+    return _load_surrogate(name or os.environ.get("ROPELIME_SURROGATE"), device or os.environ.get("ROPELIME_DEVICE"),
+                           dtype or os.environ.get("ROPELIME_DTYPE"))
+
+
 @functools.lru_cache(maxsize=4)
-def load_surrogate(name: str | None = None, device: str | None = None) -> Surrogate:
-    """Load a surrogate once per process (the embedded default when name is None)."""
-    return Surrogate.load(name, device=device)
+def _load_surrogate(name: str | None, device: str | None, dtype: str | None) -> Surrogate:
+    return Surrogate.load(name, device=device, dtype=dtype)
 
 
 def default_cache() -> ScoreCache:

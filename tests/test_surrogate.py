@@ -108,3 +108,15 @@ def test_unknown_surrogate_says_what_to_give():
 def test_empty_response_is_refused(tiny_surrogate):
     with pytest.raises(SurrogateError, match="empty"):
         tiny_surrogate.encode_response("")
+
+
+def test_load_surrogate_reloads_when_the_precision_setting_changes(tiny_model_dir, monkeypatch):
+    """One surrogate per process and setting: a changed $ROPELIME_DTYPE is not served the old model."""
+    from ropelime.explain import load_surrogate
+
+    monkeypatch.setenv("ROPELIME_DTYPE", "float32")
+    exact = load_surrogate(str(tiny_model_dir), "cpu")
+    monkeypatch.setenv("ROPELIME_DTYPE", "mixed")
+    mixed = load_surrogate(str(tiny_model_dir), "cpu")
+    assert (exact.precision, mixed.precision) == ("float32", "mixed")
+    assert load_surrogate(str(tiny_model_dir), "cpu", "float32") is exact
