@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from importlib.resources import files
 from pathlib import Path
 from typing import get_args
 
-from ropelime.schema import (ExplainConfig, Granularity, Kernel, KernelCost, Perturbation, Sampler, SizeDistribution,
-                             Solver, Target)
+from ropelime.catalogue import AUTO
+from ropelime.schema import (ExplainConfig, Granularity, Kernel, KernelCost, Perturbation, PromptFormatChoice, Sampler,
+                             SizeDistribution, Solver, Target)
 
 DEMO = files("ropelime.examples")
+SURROGATE_HELP = ("a catalogued name (ropelime models; default gemma3-270m), 'auto' (the largest installed one that "
+                  "fits the time budget), a model directory, a .gguf file or a hub id (owner/name, downloads)")
 
 
 def _read(path: str) -> str:
@@ -39,6 +43,9 @@ def _method_options(m) -> None:
                    help="rwmd_rope: divide distances by their largest one (--no-kernel-normalise: sigma applies "
                         "to raw distances)")
     m.add_argument("--perturb", choices=get_args(Perturbation), default=default.perturb)
+    m.add_argument("--prompt-format", choices=get_args(PromptFormatChoice), default=default.prompt_format,
+                   help="how the surrogate reads the prompt: chat (its chat template), plain, or auto (the format "
+                        "measured best for the surrogate)")
     m.add_argument("--solver", choices=get_args(Solver), default=default.solver)
     m.add_argument("--alpha", type=float, help="ridge / lasso regularisation")
     m.add_argument("--seed", type=int, default=default.seed)
@@ -48,7 +55,8 @@ def _method_config(args, **extra) -> ExplainConfig:
     """The ExplainConfig of the method options (plus `extra` fields)."""
     return ExplainConfig(sampler=args.sampler, k=args.k, sizes=args.sizes, target=args.target, kernel=args.kernel,
                          kernel_width=args.kernel_width, kernel_cost=args.kernel_cost,
-                         kernel_normalise=args.kernel_normalise, perturb=args.perturb, solver=args.solver,
+                         kernel_normalise=args.kernel_normalise, perturb=args.perturb,
+                         prompt_format=args.prompt_format, solver=args.solver,
                          alpha=args.alpha, seed=args.seed, **extra)
 
 
@@ -74,7 +82,7 @@ def _explain_parser(sub) -> None:
     m.add_argument("--time-budget", type=float, help="stop scoring after this many seconds")
     m.add_argument("--converge-top-k", type=int, metavar="K",
                    help="stop scoring once the top-K features and their order stop changing")
-    m.add_argument("--surrogate", help="embedded default, a model directory, a .gguf file or a hub id")
+    m.add_argument("--surrogate", help=SURROGATE_HELP)
     m.add_argument("--device", help="cpu, cuda, … (default: cuda when available)")
     o = p.add_argument_group("output")
     o.add_argument("--json", action="store_true", help="print the explanation as JSON on stdout")
@@ -117,8 +125,11 @@ def run_explain(args) -> int:
                             time_budget_s=args.time_budget, converge_top_k=args.converge_top_k,
                             segments=_segments(args))
     err = Console(stderr=True)
+    if args.device:
+        os.environ["ROPELIME_DEVICE"] = args.device  # --device overrides $ROPELIME_DEVICE for this run
     with err.status("loading the surrogate (the first run prepares the embedded model: about a minute)"):
-        surrogate = load_surrogate(args.surrogate, args.device)
+        # 'auto' is chosen inside explain, for this prompt's size and time budget
+        surrogate = args.surrogate if args.surrogate == AUTO else load_surrogate(args.surrogate, args.device)
     with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
         task = bar.add_task("scoring", total=None)
@@ -143,12 +154,14 @@ def _eval_parser(sub) -> None:
     p.add_argument("--limit", type=int, help="evaluate the first N items")
     p.add_argument("--layout", choices=("context_first", "question_first"), default="context_first",
                    help="hotpotqa: where the question sits relative to the context")
+    p.add_argument("--answer-part", choices=("whole", "letter"), default="whole",
+                   help="mmlu: attribute the whole fixed answer ('B. <choice>') or only its letter")
     p.add_argument("--methods", default="ropelime",
                    help="comma-separated: ropelime (the options below), loo, contextcite, gsmile")
     m = p.add_argument_group("method (ropelime; loo and contextcite take target/perturb/seed from here)")
     m.add_argument("--budget", default="64", help="perturbed prompts per explanation, or 'd' (= number of features)")
     _method_options(m)
-    m.add_argument("--surrogate", help="embedded default, a model directory, a .gguf file or a hub id")
+    m.add_argument("--surrogate", help=SURROGATE_HELP)
     m.add_argument("--device", help="cpu, cuda, …")
     c = p.add_argument_group("closed model (default: the gold answer is the fixed output)")
     c.add_argument("--model", help="litellm model string giving the fixed outputs (and gSMILE's)")
@@ -176,7 +189,7 @@ def run_eval(args, argv: list[str]) -> int:
     budget = "d" if args.budget == "d" else int(args.budget)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     items = load_items(args.task, Path(args.data or Path("..") / "shared" / "data" / DATA_FILES[args.task]),
-                       limit=args.limit, layout=args.layout)
+                       limit=args.limit, layout=args.layout, answer_part=args.answer_part)
     config = _method_config(args)
     err = Console(stderr=True)
     with err.status("loading the surrogate"):
@@ -204,6 +217,7 @@ def run_eval(args, argv: list[str]) -> int:
                 bar.update(task, completed=next(steps), description=f"{item_id[:24]} {method}")
 
             head = {"command": "ropelime eval " + " ".join(argv), "task": args.task, "layout": args.layout,
+                    "answer_part": args.answer_part,
                     "closed_local": args.closed_local}
 
             def save(report: dict) -> None:
@@ -234,25 +248,35 @@ def run_models(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ropelime.settings import cache_dir
-    from ropelime.surrogate import EMBEDDED, prepare_embedded
+    from ropelime import catalogue
+    from ropelime.errors import InputError
 
     console = Console()
     if args.prepare:
-        with console.status("preparing the embedded surrogate (de-quantising once, about a minute)"):
-            path = prepare_embedded()
-        console.print(f"ready: {EMBEDDED} at {path}")
-    table = Table(title="surrogates")
-    for column in ("name", "kind", "status", "path"):
+        item = catalogue.entry(args.prepare)
+        if item is None:
+            raise InputError(f"unknown surrogate {args.prepare!r}; prepare one of: "
+                             f"{', '.join(n for n, e in catalogue.CATALOGUE.items() if e.source != 'hub')}.")
+        with console.status(f"preparing {item.name} (joining and de-quantising once, about a minute)"):
+            path = catalogue.prepare(item)
+        console.print(f"ready: {item.name} at {path}")
+    table = Table(title="surrogates (--surrogate NAME; 'auto' picks the largest installed one that fits the time budget)")
+    for column in ("name", "model", "params", "source", "licence", "status", "tokens/s (2 CPU cores)"):
         table.add_column(column)
-    embedded_dir = cache_dir() / "models" / EMBEDDED
-    ready = (embedded_dir / "model.safetensors").exists()
-    table.add_row(EMBEDDED + " (default)", "embedded, Gemma 3 270M base",
-                  "ready" if ready else "not prepared yet (ropelime models --prepare)", str(embedded_dir))
-    table.add_row("DIR", "any local transformers RoPE causal LM", "load on use", "--surrogate DIR")
-    table.add_row("FILE.gguf", "any GGUF file (de-quantised on load)", "load on use", "--surrogate FILE.gguf")
-    table.add_row("owner/name", "a Hugging Face hub id (downloads)", "load on use", "--surrogate owner/name")
+    for item in catalogue.CATALOGUE.values():
+        if item.is_prepared():
+            status = "ready"
+        elif item.source == "hub":
+            status = f"downloads {item.hub_id} on use"
+        elif item.is_installed():
+            status = f"installed; ropelime models --prepare {item.name}"
+        else:
+            status = f"pip install 'ropelime[{item.extra}]'"
+        speed = f"{item.cpu_tokens_per_s:,.0f}" if item.cpu_tokens_per_s else "-"
+        name = item.name + (" (default)" if item.name == catalogue.EMBEDDED else "")
+        table.add_row(name, item.title, f"{item.parameters_b:g}B", item.source, item.licence, status, speed)
     console.print(table)
+    console.print("also: --surrogate DIR (a transformers RoPE causal LM), FILE.gguf, or owner/name (a hub id)")
     return 0
 
 
@@ -278,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     _explain_parser(sub)
     _eval_parser(sub)
     _serve_parser(sub)
-    models = sub.add_parser("models", help="list surrogates and prepare the embedded one")
-    models.add_argument("--prepare", action="store_true", help="de-quantise and cache the embedded surrogate now")
+    models = sub.add_parser("models", help="list the surrogate catalogue; prepare a surrogate once")
+    models.add_argument("--prepare", nargs="?", const="gemma3-270m", metavar="NAME",
+                        help="join, check and de-quantise a surrogate once into the cache (default: the embedded one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")

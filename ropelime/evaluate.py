@@ -56,6 +56,7 @@ class Item(BaseModel):
     granularity: Granularity
     segments: list[tuple[int, int]] | None = None
     answer: str = Field(description="the gold answer: the fixed output when no closed model is given")
+    output_span: str | None = Field(None, description="the part of the fixed output attributed (None = all of it)")
     gold_spans: list[tuple[int, int]] = Field(description="character spans of the gold evidence in the prompt")
 
 
@@ -94,24 +95,30 @@ def hotpotqa_item(row: dict, layout: Layout = "context_first") -> Item:
                 segments=sorted(spans.values()), answer=row["answer"], gold_spans=gold)
 
 
-def mmlu_item(row: dict) -> Item:
-    """The stem's words are the features; the gold spans are the decisive words' spans in the prompt."""
+AnswerPart = Literal["whole", "letter"]
+
+
+def mmlu_item(row: dict, answer_part: AnswerPart = "whole") -> Item:
+    """The stem's words are the features; the gold spans are the decisive words' spans in the prompt.
+
+    The fixed output is "<letter>. <choice text>"; `answer_part="letter"` attributes only its letter."""
     head = MMLU_INSTRUCTION.format(subject=row["subject"].replace("_", " ")) + "\n\n"
     choices = "".join(f"\n{letter}. {text}" for letter, text in zip(LETTERS, row["choices"]))
     prompt = f"{head}{row['question']}{choices}\nAnswer:"
     gold = [(len(head) + d["start"], len(head) + d["end"]) for d in row["decisive"]]
     answer = f"{LETTERS[row['answer']]}. {row['choices'][row['answer']]}"
     return Item(id=row["id"], prompt=prompt, explain=row["question"], granularity="word", answer=answer,
-                gold_spans=gold)
+                output_span=LETTERS[row["answer"]] if answer_part == "letter" else None, gold_spans=gold)
 
 
-def load_items(task: Task, path: Path, *, limit: int | None = None, layout: Layout = "context_first") -> list[Item]:
+def load_items(task: Task, path: Path, *, limit: int | None = None, layout: Layout = "context_first",
+               answer_part: AnswerPart = "whole") -> list[Item]:
     """The first `limit` items of a dev file."""
     rows = read_jsonl(path)[:limit]
     if task == "hotpotqa":
         return [hotpotqa_item(row, layout) for row in rows]
     if task == "mmlu":
-        return [mmlu_item(row) for row in rows]
+        return [mmlu_item(row, answer_part) for row in rows]
     raise ValueError(f"unknown task {task!r}; use hotpotqa or mmlu.")
 
 
@@ -190,7 +197,7 @@ def explain_item(item: Item, method: str, config: ExplainConfig, response: str, 
                               explain=item.explain, config=config, surrogate=surrogate,
                               max_tokens=closed.max_tokens, timeout=closed.timeout)
             return explain(item.prompt, response, explain=item.explain, config=config, surrogate=surrogate,
-                           cache=cache)
+                           cache=cache, output_span=item.output_span)
         finally:
             if fresh:
                 cache.close()
@@ -232,7 +239,7 @@ def evaluate_item(item: Item, methods: list[str], config: ExplainConfig, *, budg
             record |= {"d": len(features), "gold": int(gold.sum()), **agreement(scores, gold),
                        "closed_calls": result.cost.closed_model_calls if method == "gsmile" else closed_calls,
                        "surrogate_passes": result.cost.surrogate_forward_passes, "samples": result.diagnostics.samples,
-                       "cached_samples": result.cost.cached_samples,
+                       "cached_samples": result.cost.cached_samples, "tokens_scored": result.cost.tokens_scored,
                        "seconds": round(time.perf_counter() - started, 2), "r2": result.diagnostics.r2,
                        "surrogate_nll": result.diagnostics.surrogate_nll}
             if heldout > 0 and len(features) >= 2:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ropelime import catalogue
 from ropelime.anytime import Pace, RankingWatch
 from ropelime.cache import ScoreCache, digest
 from ropelime.errors import InputError
@@ -39,14 +40,46 @@ class Cancelled(Exception):
 
 def load_surrogate(name: str | None = None, device: str | None = None, dtype: str | None = None) -> Surrogate:
     """Load a surrogate once per process and setting (the embedded default when name is None);
-    unset arguments follow $ROPELIME_SURROGATE, $ROPELIME_DEVICE and $ROPELIME_DTYPE as they are now."""
-    return _load_surrogate(name or os.environ.get("ROPELIME_SURROGATE"), device or os.environ.get("ROPELIME_DEVICE"),
-                           dtype or os.environ.get("ROPELIME_DTYPE"))
+    unset arguments follow $ROPELIME_SURROGATE, $ROPELIME_DEVICE and $ROPELIME_DTYPE as they are now.
+
+    'auto' outside a call (e.g. a server's start) picks for a HotpotQA-size call: 65 prompts of 1,300
+    tokens within 40 s."""
+    name = name or os.environ.get("ROPELIME_SURROGATE")
+    device = device or os.environ.get("ROPELIME_DEVICE")
+    if name == catalogue.AUTO:
+        pick, why = catalogue.choose_auto(prompt_tokens=1300, masks=65, time_budget_s=40.0, gpu=_has_gpu(device))
+        log.info("%s", why)
+        name = pick.name
+    return _load_surrogate(name, device, dtype or os.environ.get("ROPELIME_DTYPE"))
+
+
+def _has_gpu(device: str | None) -> bool:
+    import torch
+
+    return device.startswith("cuda") if device else torch.cuda.is_available()
 
 
 @functools.lru_cache(maxsize=4)
 def _load_surrogate(name: str | None, device: str | None, dtype: str | None) -> Surrogate:
     return Surrogate.load(name, device=device, dtype=dtype)
+
+
+def resolve_surrogate(name: str | None, prompt: str, response: str, config: ExplainConfig,
+                      features: int) -> tuple[Surrogate, str | None]:
+    """Load the named surrogate; for 'auto' (also via $ROPELIME_SURROGATE) pick one from the catalogue for this
+    call's size and time budget, and say why."""
+    name = name or os.environ.get("ROPELIME_SURROGATE")
+    if name != catalogue.AUTO:
+        return load_surrogate(name), None
+    masks = 1 + (features if config.sampler == "loo" else config.budget)
+    tokens = (len(prompt) + len(response)) // CHARS_PER_TOKEN + 1
+    pick, why = catalogue.choose_auto(prompt_tokens=tokens, masks=masks, time_budget_s=config.time_budget_s,
+                                      gpu=_has_gpu(os.environ.get("ROPELIME_DEVICE")))
+    return load_surrogate(pick.name), why
+
+
+CHARS_PER_TOKEN = 4
+"""Characters per token assumed when choosing a surrogate before any tokenizer is loaded (English text)."""
 
 
 def default_cache() -> ScoreCache:
@@ -112,8 +145,9 @@ def explain(
     span = find_explain_span(prompt, explain)
     features = split_features(prompt, config.granularity, explain=span, segments=config.segments,
                               max_features=limits.max_features)
+    chosen_because = None
     if not isinstance(surrogate, Surrogate):
-        surrogate = load_surrogate(surrogate)
+        surrogate, chosen_because = resolve_surrogate(surrogate, prompt, response, config, len(features))
     cache = cache or default_cache()
     positions = output_positions(surrogate, response, output_span)
 
@@ -121,7 +155,7 @@ def explain(
     planned_masks = np.vstack([np.ones((1, d), dtype=bool),
                                sample_masks(d, config.sampler, config.budget, k=config.k, sizes=config.sizes,
                                             seed=config.seed)])
-    encoded = surrogate.encode_prompt(prompt, system, [(f.start, f.end) for f in features])
+    encoded = surrogate.encode_prompt(prompt, system, [(f.start, f.end) for f in features], config.prompt_format)
     check_lengths(len(encoded.ids), len(surrogate.encode_response(response)), limits)
     scored, rows, perturbed, stopped = score_masks(
         encoded, response, planned_masks, config=config, surrogate=surrogate, cache=cache, progress=progress,
@@ -174,7 +208,8 @@ def explain(
         diagnostics=Diagnostics(r2=fit.r2, samples=len(rows), planned_samples=planned, complete=complete,
                                 surrogate_nll=base_nll, notes=notes),
         cost=cost,
-        surrogate=SurrogateInfo(**surrogate.info()),
+        surrogate=SurrogateInfo(**surrogate.info(), prompt_format=surrogate.prompt_format(config.prompt_format),
+                                chosen_because=chosen_because),
         provenance={"ropelime": version("ropelime"), "torch": version("torch"),
                     "transformers": version("transformers"), "seed": str(config.seed)},
     )
@@ -339,7 +374,7 @@ def mask_targets(
     spans = [(f.start, f.end) for f in sorted(explanation.features, key=lambda f: f.index)]
     masks = np.asarray(masks, dtype=bool).reshape(-1, len(spans))
     started, cost = time.perf_counter(), Cost()
-    encoded = surrogate.encode_prompt(explanation.prompt, explanation.system, spans)
+    encoded = surrogate.encode_prompt(explanation.prompt, explanation.system, spans, explanation.config.prompt_format)
     every_mask = explanation.config.model_copy(update={"converge_top_k": None})
     _, rows, _, _ = score_masks(encoded, explanation.response, masks, config=every_mask, surrogate=surrogate,
                                 cache=cache or default_cache(), cost=cost, should_stop=should_stop)

