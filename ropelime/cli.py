@@ -260,21 +260,22 @@ def run_models(args) -> int:
         with console.status(f"preparing {item.name} (joining and de-quantising once, about a minute)"):
             path = catalogue.prepare(item)
         console.print(f"ready: {item.name} at {path}")
-    table = Table(title="surrogates (--surrogate NAME; 'auto' picks the largest installed one that fits the time budget)")
-    for column in ("name", "model", "params", "source", "licence", "status", "tokens/s (2 CPU cores)"):
+    table = Table(title="surrogates (--surrogate NAME, or auto: the largest installed one that fits the time budget)")
+    table.add_column("name", no_wrap=True)
+    for column in ("params", "licence", "status", "tokens/s"):
         table.add_column(column)
     for item in catalogue.CATALOGUE.values():
         if item.is_prepared():
             status = "ready"
         elif item.source == "hub":
-            status = f"downloads {item.hub_id} on use"
+            status = f"hub: downloads {item.hub_id} on first use"
         elif item.is_installed():
-            status = f"installed; ropelime models --prepare {item.name}"
+            status = f"installed; prepare: ropelime models --prepare {item.name}"
         else:
             status = f"pip install 'ropelime[{item.extra}]'"
         speed = f"{item.cpu_tokens_per_s:,.0f}" if item.cpu_tokens_per_s else "-"
         name = item.name + (" (default)" if item.name == catalogue.EMBEDDED else "")
-        table.add_row(name, item.title, f"{item.parameters_b:g}B", item.source, item.licence, status, speed)
+        table.add_row(name, f"{item.parameters_b:g}B", item.licence, status, speed)
     console.print(table)
     console.print("also: --surrogate DIR (a transformers RoPE causal LM), FILE.gguf, or owner/name (a hub id)")
     return 0

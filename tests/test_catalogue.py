@@ -133,3 +133,15 @@ def test_mmlu_letter_only_attributes_the_letter():
     assert mmlu_item(row).output_span is None
     item = mmlu_item(row, "letter")
     assert item.answer == "B. Poseidon" and item.output_span == "B"
+
+
+def test_models_lists_the_catalogue_and_refuses_unknown_names(capsys):
+    from ropelime.cli import main
+
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    for name in ("gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "llama3.2-1b-instruct"):
+        assert name[:9] in listing
+    assert main(["models", "--prepare", "no-such-model"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown surrogate 'no-such-model'" in error and "qwen2.5-coder-0.5b" in error
