@@ -254,6 +254,17 @@ def _complete(litellm: ModuleType, model: str, messages: list[dict[str, str]], *
             time.sleep(delay)
 
 
+def _cache_path(cache_dir: Path, model: str, messages: list[dict[str, str]], max_tokens: int | None,
+                api_base: str | None) -> Path:
+    return Path(cache_dir) / "closed" / f"{cache_key(model, messages, max_tokens, api_base)}.json"
+
+
+def cached_response(model: str, prompt: str, system: str | None = None, *, cache_dir: Path,
+                    api_base: str | None = None, max_tokens: int | None = None) -> ClosedResult | None:
+    """The answer `fetch_response` would return from its cache, or None; never calls the model."""
+    return _read_cache(_cache_path(cache_dir, model, _messages(prompt, system), max_tokens, api_base))
+
+
 def fetch_response(model: str, prompt: str, system: str | None = None, *, cache_dir: Path, timeout: float = 60.0,
                    retries: int = 2, api_base: str | None = None, max_tokens: int | None = None) -> ClosedResult:
     """Ask `model` (a litellm model string) once at temperature 0, or return the cached answer.
@@ -262,7 +273,7 @@ def fetch_response(model: str, prompt: str, system: str | None = None, *, cache_
     times with backoff (or the provider's Retry-After). Raises ClosedModelError.
     """
     messages = _messages(prompt, system)
-    path = Path(cache_dir) / "closed" / f"{cache_key(model, messages, max_tokens, api_base)}.json"
+    path = _cache_path(cache_dir, model, messages, max_tokens, api_base)
     cached = _read_cache(path)
     if cached is not None:
         return cached

@@ -109,6 +109,7 @@ def explain(
     output_span: str | None = None,
     cached_only: bool = False,
     limits: Limits | None = None,
+    verify: int = 0,
     **options,
 ) -> Explanation:
     """Explain which parts of `prompt` support `response` (or `model`'s answer to it).
@@ -117,8 +118,11 @@ def explain(
     `config` or as keyword arguments (see `ExplainConfig`). `output_span` (a substring of the
     response) attributes only that part of the answer. `cached_only` fits on the scores already in
     the cache and runs no surrogate pass. `limits` caps features and tokens (default: from the
-    environment, see `Limits`).
+    environment, see `Limits`). `verify=K` then checks the top K supporting features with `model`
+    itself (K + 1 more calls, see `ropelime.verify`), within the time budget.
     """
+    from ropelime.verify import check_request, reserve_seconds, verify as verify_top
+
     started = time.perf_counter()
     config = (config or ExplainConfig()).model_copy(update=options)
     config = ExplainConfig.model_validate(config.model_dump())
@@ -128,17 +132,20 @@ def explain(
         check_text(name, text)
     if not prompt or not prompt.strip():
         raise InputError("the prompt is empty: give the prompt whose answer you want explained.")
+    check_request(verify, model)
     cost = Cost()
     source = "given" if response is not None else "closed_model"
-    if response is None:
+    reference = None  # the model's answer to the prompt: the response, or what verification compares with
+    if response is None or verify:
         if not model:
             raise InputError("give the response to explain, or a model to get it from.")
         from ropelime.closed import fetch_response  # litellm is slow to import: only when needed
 
-        fetched = fetch_response(model, prompt, system, cache_dir=cache_dir(),
-                                        timeout=closed_timeout, api_base=api_base)
-        response, cost.closed_model_calls = fetched.text, 0 if fetched.cached else 1
-        cost.closed_model_usage = fetched.usage
+        reference = fetch_response(model, prompt, system, cache_dir=cache_dir(),
+                                   timeout=closed_timeout, api_base=api_base)
+        cost.closed_model_calls = 0 if reference.cached else 1
+        if response is None:
+            response, cost.closed_model_usage = reference.text, reference.usage
     if not response.strip():
         raise InputError("the response is empty: give the text whose support you want explained.")
 
@@ -157,10 +164,11 @@ def explain(
                                             seed=config.seed)])
     encoded = surrogate.encode_prompt(prompt, system, [(f.start, f.end) for f in features], config.prompt_format)
     check_lengths(len(encoded.ids), len(surrogate.encode_response(response)), limits)
+    deadline = None if config.time_budget_s is None else started + config.time_budget_s
     scored, rows, perturbed, stopped = score_masks(
         encoded, response, planned_masks, config=config, surrogate=surrogate, cache=cache, progress=progress,
-        should_stop=should_stop, deadline=None if config.time_budget_s is None else started + config.time_budget_s,
-        cost=cost, cached_only=cached_only, positions=positions)
+        should_stop=should_stop, cost=cost, cached_only=cached_only, positions=positions,
+        deadline=deadline - reserve_seconds(verify, reference) if verify and deadline is not None else deadline)
     if cached_only and (not scored or scored[0] != 0):
         raise InputError("no cached scores for this explanation (the cache was cleared or the surrogate "
                          "differs); run the explanation again.")
@@ -187,9 +195,13 @@ def explain(
                      "scoring stopped early")
     elif not complete:
         notes.append(f"time budget reached after {len(rows)} of {planned} samples; call again to continue")
+    verify_now = verify and (complete or stopped == "converged")
+    if verify and not verify_now:
+        notes.append(f"verifying the top {verify} features waits for the complete explanation: call again to "
+                     "continue and verify")
     base_nll = float(-rows[0].logp[positions].mean())
     cost.seconds = round(time.perf_counter() - started, 3)
-    return Explanation(
+    explanation = Explanation(
         id=explanation_id(prompt, system, span, response, config, surrogate.name, output_span),
         prompt=prompt,
         system=system,
@@ -213,6 +225,10 @@ def explain(
         provenance={"ropelime": version("ropelime"), "torch": version("torch"),
                     "transformers": version("transformers"), "seed": str(config.seed)},
     )
+    if not verify_now:
+        return explanation
+    return verify_top(explanation, verify, model=model, reference=reference, api_base=api_base, timeout=closed_timeout,
+                      deadline=deadline, should_stop=should_stop)
 
 
 def check_text(name: str, text: str | None) -> None:

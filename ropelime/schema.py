@@ -97,6 +97,49 @@ class SurrogateInfo(BaseModel):
     chosen_because: str | None = Field(None, description="why this surrogate was used (surrogate='auto')")
 
 
+Verdict = Literal["confirmed", "not_confirmed", "inconclusive", "unverified"]
+
+
+class ClosedCheck(BaseModel):
+    """The closed model's answer to the prompt with some features deleted, compared with its original answer."""
+
+    answer: str | None = Field(None, description="None when the call failed or was not made")
+    similarity: float | None = Field(None, description="token F1 of the answer to the original answer, 0..1")
+    cached: bool = Field(False, description="the answer came from the on-disk cache (no call)")
+    error: str | None = Field(None, description="why there is no answer")
+
+
+class FeatureCheck(ClosedCheck):
+    """One verified feature: the answer without it, and the verdict against the control."""
+
+    feature: int = Field(description="index of the removed feature")
+    text: str = Field(description="the removed text")
+    verdict: Verdict
+
+
+class ControlCheck(ClosedCheck):
+    """The control: features drawn at random from outside the verified ones, removed together."""
+
+    features: list[int]
+    texts: list[str]
+
+
+class Verification(BaseModel):
+    """The top supporting features checked with the closed model itself (`ropelime.verify`)."""
+
+    k: int = Field(description="features asked for; fewer are verified when fewer qualify (see notes)")
+    model: str
+    original: str = Field(description="the model's answer to the unperturbed prompt, which every answer is compared with")
+    similarity: Literal["token_f1"] = "token_f1"
+    margin: float = Field(description="confirmed when the control's similarity exceeds the feature's by this much")
+    checks: list[FeatureCheck] = Field(description="one per verified feature, in rank order")
+    control: ControlCheck | None = None
+    closed_model_calls: int = Field(0, description="calls made by the verification (cached answers are free)")
+    cached_answers: int = 0
+    seconds: float = 0.0
+    notes: list[str] = Field(default_factory=list)
+
+
 class Explanation(BaseModel):
     """The result of `ropelime.explain`: JSON is its `model_dump`."""
 
@@ -115,6 +158,8 @@ class Explanation(BaseModel):
     cost: Cost
     surrogate: SurrogateInfo
     provenance: dict[str, str] = Field(default_factory=dict)
+    verification: Verification | None = Field(None, description="the top features checked with the closed model "
+                                                                "(verify=K), or None")
 
     def top(self, k: int = 5, direction: Literal["supporting", "opposing", "both"] = "supporting") -> list[FeatureScore]:
         """The k features with the strongest support (or opposition, or either)."""

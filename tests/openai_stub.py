@@ -7,7 +7,8 @@
 
 Endpoints: POST /v1/chat/completions (non-streaming) and GET /v1/models.
 
-`reply` is a string or a callable(messages) -> str, e.g. a local model standing in for a closed one.
+`reply` is a string or a callable(messages) -> str, e.g. a local model standing in for a closed one,
+or an answer that depends on which sentences the prompt holds.
 
 Faults, to rehearse failures. `stub.faults` is a list consumed one per chat-completion request, in
 order; once it is empty, `stub.fault` (default "ok") applies to every further request:
@@ -16,6 +17,8 @@ order; once it is empty, `stub.fault` (default "ok") applies to every further re
     "malformed"  status 200, Content-Type JSON, body that is not JSON
     "timeout"    sleep `stall_s` seconds (default 3; cut short when the stub stops), then answer "ok"
     "NNN"        any HTTP status code, with an OpenAI-style error body; "429" adds `Retry-After: 0`
+`fault_for`, when set, is a callable(messages) -> fault name or None, asked first for every request:
+a fault for particular prompts (e.g. "500" whenever a given sentence is missing).
 `api_key`, when set, makes the stub answer 401 to requests without `Authorization: Bearer <api_key>`;
 the 401 message echoes the key it was given, so tests can check that clients never repeat it.
 """
@@ -23,6 +26,7 @@ the 401 message echoes the key it was given, so tests can check that clients nev
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from ropelime.endpoint import Answer, OpenAIEndpoint, Reply, error_answer
@@ -32,8 +36,10 @@ class OpenAIStub(OpenAIEndpoint):
     """An OpenAI-compatible chat-completions server in a background thread; use as a context manager."""
 
     def __init__(self, reply: Reply = "Paris", *, faults: list[str] | None = None, fault: str = "ok",
-                 stall_s: float = 3.0, api_key: str | None = None) -> None:
+                 stall_s: float = 3.0, api_key: str | None = None,
+                 fault_for: Callable[[list[dict[str, Any]]], str | None] | None = None) -> None:
         super().__init__(reply, api_key=api_key, model="stub-model")
+        self.fault_for = fault_for
         self.faults = list(faults or [])
         self.fault = fault
         self.stall_s = stall_s
@@ -41,8 +47,9 @@ class OpenAIStub(OpenAIEndpoint):
     def record(self, body: dict[str, Any]) -> str:
         """Count the request and take its fault."""
         super().record(body)
+        chosen = self.fault_for(body.get("messages") or []) if self.fault_for else None
         with self._lock:
-            return self.faults.pop(0) if self.faults else self.fault
+            return chosen or (self.faults.pop(0) if self.faults else self.fault)
 
     def answer(self, body: dict[str, Any], recorded: str) -> Answer:
         fault = recorded
