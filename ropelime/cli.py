@@ -1,4 +1,4 @@
-"""Command line: `ropelime explain`, `ropelime eval`, `ropelime models`, `ropelime serve`."""
+"""Command line: `ropelime explain`, `ropelime verify`, `ropelime eval`, `ropelime models`, `ropelime serve`."""
 
 from __future__ import annotations
 
@@ -73,6 +73,8 @@ def _explain_parser(sub) -> None:
     src.add_argument("--response-file", help="read the response from a file")
     src.add_argument("--model", help="litellm model string to get the response from (e.g. gpt-4o-mini)")
     src.add_argument("--api-base", help="base URL for the closed model (OpenAI-compatible servers)")
+    src.add_argument("--verify", type=int, default=0, metavar="K",
+                     help="check the top K supporting features with --model itself (K + 1 more calls, cached)")
     m = p.add_argument_group("method")
     m.add_argument("--granularity", choices=get_args(Granularity), default="sentence")
     m.add_argument("--segment", action="append", metavar="START:END",
@@ -118,8 +120,10 @@ def run_explain(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ropelime.explain import explain, load_surrogate
-    from ropelime.render import print_explanation, to_html
+    from ropelime.store import ExplanationStore
+    from ropelime.verify import check_request
 
+    check_request(args.verify, args.model)
     prompt, part, response, system = _inputs(args)
     config = _method_config(args, granularity="segments" if args.segment else args.granularity, budget=args.budget,
                             time_budget_s=args.time_budget, converge_top_k=args.converge_top_k,
@@ -134,8 +138,21 @@ def run_explain(args) -> int:
                   console=err, transient=True) as bar:
         task = bar.add_task("scoring", total=None)
         result = explain(prompt, response, model=args.model, system=system, explain=part, config=config,
-                         surrogate=surrogate, api_base=args.api_base,
+                         surrogate=surrogate, api_base=args.api_base, verify=args.verify,
                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+    ExplanationStore().save(result)
+    hint = "" if result.verification else f"; check its top features with the closed model: ropelime verify {result.id}"
+    err.print(f"explanation {result.id} stored{hint}")
+    _output(result, args, err)
+    return 0
+
+
+def _output(result, args, err) -> None:
+    """The explanation as an HTML file, JSON or the terminal view, as the options ask."""
+    from rich.console import Console
+
+    from ropelime.render import print_explanation, to_html
+
     if args.html:
         Path(args.html).write_text(to_html(result), encoding="utf-8")
         err.print(f"wrote {args.html}")
@@ -143,6 +160,36 @@ def run_explain(args) -> int:
         print(result.model_dump_json(indent=2))
     else:
         print_explanation(result, Console(), k=args.top)
+
+
+def _verify_parser(sub) -> None:
+    p = sub.add_parser("verify", help="check an explanation's top features with the closed model itself",
+                       description="Ask the closed model again with each of the top K supporting features removed, "
+                                   "plus one control call removing K random others; no surrogate pass.")
+    p.add_argument("explanation_id", help="the id printed by `ropelime explain` (explanations are stored in the cache)")
+    p.add_argument("--k", type=int, default=3, help="features to verify (default 3)")
+    p.add_argument("--model", help="litellm model string (default: the model that gave the response)")
+    p.add_argument("--api-base", help="base URL for the closed model (OpenAI-compatible servers)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per closed-model attempt")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", action="store_true", help="print the explanation as JSON on stdout")
+    o.add_argument("--html", metavar="FILE", help="write a self-contained heat-map page")
+    o.add_argument("--top", type=int, default=10, help="rows in the top-features table")
+
+
+def run_verify(args) -> int:
+    from rich.console import Console
+
+    from ropelime.store import ExplanationStore
+    from ropelime.verify import verify
+
+    store = ExplanationStore()
+    explanation = store.load(args.explanation_id)
+    err = Console(stderr=True)
+    with err.status(f"asking the closed model about the top {args.k} features"):
+        result = verify(explanation, args.k, model=args.model, api_base=args.api_base, timeout=args.timeout)
+    store.save(result)
+    _output(result, args, err)
     return 0
 
 
@@ -301,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
     _explain_parser(sub)
+    _verify_parser(sub)
     _eval_parser(sub)
     _serve_parser(sub)
     models = sub.add_parser("models", help="list the surrogate catalogue; prepare a surrogate once")
@@ -323,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             given = sys.argv[1:] if argv is None else argv
             return run_eval(args, given[given.index("eval") + 1:])
-        return {"explain": run_explain, "models": run_models, "serve": run_serve}[args.command](args)
+        return {"explain": run_explain, "verify": run_verify, "models": run_models,
+                "serve": run_serve}[args.command](args)
     except (InputError, ClosedModelError, ValidationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ropelime.schema import Explanation, FeatureScore
+from ropelime.verify import summary_lines
 
 RGB = tuple[int, int, int]
 
@@ -90,9 +91,16 @@ def heatmap_text(explanation: Explanation) -> Text:
     return text
 
 
+def _verdicts(explanation: Explanation) -> dict[int, str]:
+    """Verdict of each verified feature, by index (empty without a verification)."""
+    checks = explanation.verification.checks if explanation.verification else []
+    return {c.feature: c.verdict.replace("_", " ") for c in checks}
+
+
 def top_table(explanation: Explanation, k: int = 10) -> Table:
-    """The k features with the largest |score|: rank, text, score, 95% interval, * when it excludes 0."""
-    shown, scale = explanation.top(k, direction="both"), _scale(explanation)
+    """The k features with the largest |score|: rank, text, score, 95% interval, * when it excludes 0,
+    and the closed model's verdict when verified."""
+    shown, scale, verdicts = explanation.top(k, direction="both"), _scale(explanation), _verdicts(explanation)
     table = Table(title=f"top {len(shown)} of {len(explanation.features)} features by |score|",
                   caption="rank 1 = strongest support · * = 95% interval excludes 0", caption_justify="left")
     table.add_column("rank", justify="right")
@@ -100,9 +108,11 @@ def top_table(explanation: Explanation, k: int = 10) -> Table:
     table.add_column("score", justify="right", no_wrap=True)
     table.add_column("95% interval", justify="right", no_wrap=True)
     table.add_column("", no_wrap=True)
+    if verdicts:
+        table.add_column("closed model", no_wrap=True)
     for f in shown:
         table.add_row(str(f.rank), Text(_shorten(f.text)), Text(_num(f.score), style=_rich_style(f.score, scale)),
-                      _ci(f), "*" if _excludes_zero(f) else "")
+                      _ci(f), "*" if _excludes_zero(f) else "", *([verdicts.get(f.index, "")] if verdicts else []))
     return table
 
 
@@ -132,6 +142,8 @@ def print_explanation(explanation: Explanation, console: Console, k: int = 10) -
     console.print(Panel(heatmap_text(explanation), title=_HEAT_TITLE, title_align="left",
                         subtitle=f"full colour at |score| {_scale(explanation):.3g}", subtitle_align="right"))
     console.print(top_table(explanation, k))
+    if explanation.verification:
+        console.print(Text("\n".join(summary_lines(explanation.verification))))
     for note in explanation.diagnostics.notes:
         console.print(Text.assemble(("note: ", "bold yellow"), note))
 
@@ -182,13 +194,16 @@ def _html_legend(scale: float) -> str:
 
 
 def _html_top(explanation: Explanation, scale: float, k: int = 20) -> str:
+    verdicts = _verdicts(explanation)
     rows = "".join(
         f'<tr><td class="num">{f.rank}</td><td>{_esc(_shorten(f.text, 120))}</td>'
         f'<td class="num" style="{_style_attr(f.score, scale)}">{_num(f.score)}</td>'
-        f'<td class="num">{_esc(_ci(f))}</td><td>{"*" if _excludes_zero(f) else ""}</td></tr>'
+        f'<td class="num">{_esc(_ci(f))}</td><td>{"*" if _excludes_zero(f) else ""}</td>'
+        + (f"<td>{_esc(verdicts.get(f.index, ''))}</td>" if verdicts else "") + "</tr>"
         for f in explanation.top(k, direction="both"))
-    return ("<table><thead><tr><th>rank</th><th>feature</th><th>score</th><th>95% interval</th><th></th></tr>"
-            f"</thead><tbody>{rows}</tbody></table>"
+    verified = "<th>closed model</th>" if verdicts else ""
+    return ("<table><thead><tr><th>rank</th><th>feature</th><th>score</th><th>95% interval</th><th></th>"
+            f"{verified}</tr></thead><tbody>{rows}</tbody></table>"
             '<p class="facts">rank 1 = strongest support · * = 95% interval excludes 0</p>')
 
 
@@ -208,6 +223,14 @@ def _html_method(explanation: Explanation) -> str:
                         for key, value in values.items())
     notes = "".join(f"<li>{_esc(note)}</li>" for note in explanation.diagnostics.notes)
     return f"<table>{''.join(rows)}</table>" + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
+
+
+def _html_verification(explanation: Explanation) -> str:
+    """The verification's verdicts, control and cost as a list (nothing without a verification)."""
+    if explanation.verification is None:
+        return ""
+    items = "".join(f"<li>{_esc(line)}</li>" for line in summary_lines(explanation.verification, width=120))
+    return f"\n<h2>Verified with the closed model</h2>\n<ul>{items}</ul>"
 
 
 def to_html(explanation: Explanation) -> str:
@@ -232,7 +255,7 @@ def to_html(explanation: Explanation) -> str:
 {_html_legend(scale)}
 <div class="box prompt">{_html_prompt(explanation, scale)}</div>
 <h2>Top features by |score|</h2>
-{_html_top(explanation, scale)}
+{_html_top(explanation, scale)}{_html_verification(explanation)}
 <h2>Method, diagnostics and cost</h2>
 {_html_method(explanation)}
 </body>

@@ -216,9 +216,10 @@ def summary_lines(verification: Verification, width: int = 80) -> list[str]:
     def sim(x: float | None) -> str:
         return "—" if x is None else f"{x:.2f}"
 
-    head = (f"verified with {v.model}: {len(v.checks)} feature(s) + 1 control, {v.closed_model_calls} closed-model "
-            f"call(s), {v.cached_answers} cached; similarity = token F1 to the original answer, confirmed when "
-            f"at least {v.margin:g} below the control's" if v.checks else f"verification with {v.model}: nothing verified")
+    head = (f"verified with {v.model}: {len(v.checks)} feature(s) and 1 control; {v.closed_model_calls} closed-model "
+            f"call(s), {v.cached_answers} answer(s) from the cache; similarity = token F1 to the original answer, "
+            f"confirmed when at least {v.margin:g} below the control's"
+            if v.checks else f"verification with {v.model}: nothing verified")
     lines = [head]
     if v.control is not None:
         lines.append(f"control (features {v.control.features} removed): similarity {sim(v.control.similarity)}"

@@ -1,9 +1,10 @@
-"""The RoPE-LIME MCP server: three read-only tools, explanation resources and prompt files over the library."""
+"""The RoPE-LIME MCP server: four read-only tools, explanation resources and prompt files over the library."""
 
 from __future__ import annotations
 
 import base64
 import json
+import time
 from importlib.metadata import version
 from typing import Annotated, get_args
 
@@ -19,6 +20,7 @@ from ropelime.errors import InputError
 from ropelime.render import to_html
 from ropelime.schema import ExplainConfig, Explanation, Granularity, Kernel, Perturbation, Sampler, Solver, Target
 from ropelime.catalogue import EMBEDDED
+from ropelime.verify import check_request
 from ropelime_server.engine import EngineOptions, engine_of, lifespan_for, run_job, tool_errors
 from ropelime_server.prompt_files import load_prompts
 from ropelime_server.results import Direction, TopFeatures, comparison_text, explanation_text, top_text
@@ -32,7 +34,9 @@ word, sentence or paragraph a score (positive = supports the answer) with a 95% 
 Call explain_response with the prompt and the answer (or a model to ask once), then top_features
 with its explanation_id, optionally for one part of the answer (output_span). Long prompts may come
 back INCOMPLETE after the time budget: call again with continue_from to resume from cached scores.
-compare_samplers compares the perturbation samplers' faithfulness, stability and cost."""
+compare_samplers compares the perturbation samplers' faithfulness, stability and cost. To check whether
+the closed model's own answer rests on the top features, pass verify=K to explain_response or call
+verify_explanation: K + 1 more closed-model calls, each verdict confirmed / not_confirmed / inconclusive."""
 
 _CLOSED = "litellm model string (e.g. openai/gpt-4o-mini) asked once, at temperature 0, when no response is given; " \
           "its API key comes from the provider's usual environment variable"
@@ -45,6 +49,9 @@ ExplainArg = Annotated[str | None, Field(description="the substring of the promp
                                                      "the rest stays fixed (default: the whole prompt)")]
 GranularityArg = Annotated[Granularity, Field(description="feature unit: word, sentence or paragraph "
                                                           "(segments needs caller-given spans and is for the library)")]
+VerifyArg = Annotated[int, Field(ge=0, le=20, description="check the top K supporting features with the closed model "
+                                                      "itself: ask it again without each one, plus one control "
+                                                      "call (K + 1 calls, cached); needs model. 0 = no check")]
 TimeBudgetArg = Annotated[float | None, Field(gt=0, description="stop scoring after this many seconds and return a partial "
                                                                 "result marked incomplete (null: no limit)")]
 
@@ -79,6 +86,10 @@ def options_document(options: EngineOptions) -> dict:
             "kl": "KL divergence of the next-token distributions", "js": "Jensen-Shannon divergence",
             "rwmd_rope": "locality by relaxed word mover's distance in RoPE embedding space",
             "delete": "remove masked text", "placeholder": "replace masked text, keeping token positions",
+            "verify": "verdicts from asking the closed model again without each top feature (similarity = token F1 "
+                      "to its original answer): confirmed = at least 0.25 lower than a control removing K random "
+                      "others; inconclusive = the control's similarity is below 0.25; not_confirmed = otherwise; "
+                      "unverified = no answer (fault or time budget)",
         },
     }
 
@@ -109,7 +120,9 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
         time_budget_s: TimeBudgetArg = DEFAULT_TIME_BUDGET_S,
         continue_from: Annotated[str | None, Field(description="explanation_id of an INCOMPLETE explanation to resume from "
                                                                "its cached scores; its inputs and method are reused and the "
-                                                               "other arguments except time_budget_s are ignored")] = None,
+                                                               "other arguments except time_budget_s and verify are "
+                                                               "ignored")] = None,
+        verify: VerifyArg = 0,
     ) -> Annotated[CallToolResult, Explanation]:
         """Attribute an answer to the parts of its prompt (words, sentences or paragraphs).
 
@@ -125,7 +138,7 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
                 prompt, response, system = previous.prompt, previous.response, previous.system
                 explain = previous.prompt[previous.explain_start:previous.explain_end]
                 config = previous.config.model_copy(update={"time_budget_s": time_budget_s})
-                model = None
+                model = (model or previous.closed_model) if verify else None
             elif prompt is None:
                 raise InputError("give the prompt (or continue_from with the explanation_id of an incomplete explanation).")
             else:
@@ -137,8 +150,9 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
                 return ropelime.explain(prompt, response, model=model, system=system, explain=explain, config=config,
                                         surrogate=engine.surrogate, cache=engine.cache, progress=progress,
                                         should_stop=should_stop, api_base=engine.api_base,
-                                        closed_timeout=engine.closed_timeout)
+                                        closed_timeout=engine.closed_timeout, verify=verify)
 
+            check_request(verify, model)  # before queueing for the engine
             result = await run_job(ctx, job)
             if previous is not None:
                 result = result.model_copy(update={"response_source": previous.response_source,
@@ -174,6 +188,38 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
                               output_span=output_span, response=explanation.response,
                               complete=explanation.diagnostics.complete, features=explanation.top(k, direction))
         return _result(top_text(top), top.model_dump(mode="json"))
+
+    @mcp.tool(title="Verify an explanation", annotations=ToolAnnotations(
+        title="Verify an explanation", read_only_hint=True, idempotent_hint=True, open_world_hint=True))
+    async def verify_explanation(
+        ctx: Context,
+        explanation_id: Annotated[str, Field(description="the explanation_id returned by explain_response")],
+        k: Annotated[int, Field(ge=1, le=20, description="how many of the top supporting features to check")] = 3,
+        model: Annotated[str | None, Field(description="litellm model string to ask (default: the model that gave "
+                                                       "the explained response; required when it was given)")] = None,
+        time_budget_s: TimeBudgetArg = DEFAULT_TIME_BUDGET_S,
+    ) -> Annotated[CallToolResult, Explanation]:
+        """Check whether the closed model's own answer rests on an explanation's top features.
+
+        Asks the model again (temperature 0) without each of the top k supporting features, plus
+        one control call without k random others; no surrogate pass. Each feature gets a verdict:
+        confirmed (its removal changed the answer more than the control's), not_confirmed,
+        inconclusive (the control alone changed the answer), or unverified (a fault or the time
+        budget; call again: answers are cached, so a repeat costs no call).
+        """
+        with tool_errors():
+            engine = engine_of(ctx)
+            explanation = engine.store.load(explanation_id)
+            check_request(k, model or explanation.closed_model)
+
+            def job(_progress, should_stop) -> Explanation:
+                deadline = None if time_budget_s is None else time.perf_counter() + time_budget_s
+                return ropelime.verify(explanation, k, model=model, api_base=engine.api_base,
+                                       timeout=engine.closed_timeout, deadline=deadline, should_stop=should_stop)
+
+            result = await run_job(ctx, job)
+            engine.store.save(result)
+        return _result(explanation_text(result), result.model_dump(mode="json"))
 
     @mcp.tool(title="Compare samplers", annotations=ToolAnnotations(
         title="Compare samplers", read_only_hint=True, idempotent_hint=True, open_world_hint=True))

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from ropelime.compare import Comparison
 from ropelime.schema import Explanation, FeatureScore
+from ropelime.verify import summary_lines
 
 Direction = Literal["supporting", "opposing", "both"]
 
@@ -70,6 +71,7 @@ def explanation_text(explanation: Explanation, k: int = 5) -> str:
     lines += [
         f"fit R² {d.r2:.2f}; surrogate NLL of the response {d.surrogate_nll:.2f}; "
         f"cost {c.closed_model_calls} closed-model call(s), {c.surrogate_forward_passes} surrogate passes, {c.seconds:.1f} s",
+        *(summary_lines(explanation.verification) if explanation.verification else []),
         f"full explanation in the structured content; resources explanation://{explanation.id} (JSON) "
         f"and explanation://{explanation.id}/html (heat map)",
     ]

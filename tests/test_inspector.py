@@ -37,7 +37,7 @@ def inspector(tiny_model_dir):
 
 def test_inspector_lists_and_calls_every_tool(inspector):
     tools = {t["name"]: t for t in inspector("tools/list")["tools"]}
-    assert set(tools) == {"explain_response", "top_features", "compare_samplers"}
+    assert set(tools) == {"explain_response", "top_features", "compare_samplers", "verify_explanation"}
     assert all(t["outputSchema"]["type"] == "object" and t["annotations"]["readOnlyHint"] for t in tools.values())
 
     explained = inspector("tools/call", "--tool-name", "explain_response", "--tool-arg", f"prompt={PROMPT}",

@@ -44,10 +44,10 @@ async def explain(client: Client, **args) -> tuple[str, Explanation]:
     return result.content[0].text, Explanation.model_validate(result.structured_content)
 
 
-async def test_three_read_only_tools_with_output_schemas(server, mode):
+async def test_four_read_only_tools_with_output_schemas(server, mode):
     async with Client(server, mode=mode) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
-    assert set(tools) == {"explain_response", "top_features", "compare_samplers"}
+    assert set(tools) == {"explain_response", "top_features", "compare_samplers", "verify_explanation"}
     for tool in tools.values():
         assert tool.annotations.read_only_hint is True
         assert tool.output_schema and tool.output_schema["type"] == "object"
@@ -55,10 +55,11 @@ async def test_three_read_only_tools_with_output_schemas(server, mode):
     assert tools["explain_response"].annotations.open_world_hint is True
     assert tools["compare_samplers"].annotations.open_world_hint is True
     assert tools["top_features"].annotations.open_world_hint is False
+    assert tools["verify_explanation"].annotations.open_world_hint is True
     assert {"features", "diagnostics", "cost"} <= set(tools["explain_response"].output_schema["properties"])
     explain_args = set(tools["explain_response"].input_schema["properties"])
     assert {"prompt", "response", "model", "system", "explain", "granularity", "budget", "sampler", "target",
-            "kernel", "perturb", "seed", "time_budget_s", "continue_from"} == explain_args
+            "kernel", "perturb", "seed", "time_budget_s", "continue_from", "verify"} == explain_args
     assert tools["explain_response"].input_schema["properties"]["time_budget_s"]["default"] == 40
 
 

@@ -161,7 +161,7 @@ async def test_a_token_is_required_by_every_request(http_server):
     assert httpx.post(url, json=LIST, headers={**good, "Host": "evil.example"}).status_code == 421
     assert httpx.post(url, json=LIST, headers={**good, "Origin": "http://evil.example"}).status_code == 403
     async with authorised(url) as client:
-        assert len((await client.list_tools()).tools) == 3
+        assert len((await client.list_tools()).tools) == 4
 
 
 def test_a_host_beyond_loopback_needs_a_token(env):

@@ -58,7 +58,7 @@ def test_stdio_carries_nothing_but_protocol(env):
         child.kill()
     assert all(json.loads(line)["jsonrpc"] == "2.0" for line in rest.splitlines())
     assert {t["name"] for t in replies[2]["result"]["tools"]} == {"explain_response", "top_features",
-                                                                  "compare_samplers"}
+                                                                  "compare_samplers", "verify_explanation"}
     result = replies[3]["result"]
     assert not result["isError"]
     explanation = Explanation.model_validate(result["structuredContent"])
@@ -71,7 +71,7 @@ async def test_ropelime_serve_over_stdio_with_the_sdk_client(env, tmp_path):
     async with Client(params) as client:
         tools = await client.list_tools()
         result = await client.call_tool("explain_response", EXPLAIN)
-    assert len(tools.tools) == 3
+    assert len(tools.tools) == 4
     assert not result.is_error and Explanation.model_validate(result.structured_content).diagnostics.complete
 
 
@@ -103,7 +103,8 @@ async def test_streamable_http_on_loopback(http_server):
     async with Client(http_server) as client:
         tools = await client.list_tools()
         result = await client.call_tool("explain_response", EXPLAIN)
-    assert {t.name for t in tools.tools} == {"explain_response", "top_features", "compare_samplers"}
+    assert {t.name for t in tools.tools} == {"explain_response", "top_features", "compare_samplers",
+                                           "verify_explanation"}
     assert not result.is_error and Explanation.model_validate(result.structured_content).features
 
 
