@@ -216,6 +216,9 @@ def _eval_parser(sub) -> None:
     c.add_argument("--closed-local", metavar="MODEL",
                    help="serve this local model (directory or .gguf) on 127.0.0.1 as the closed model")
     c.add_argument("--max-tokens", type=int, default=48, help="longest closed-model answer")
+    c.add_argument("--transfer", action="store_true",
+                   help="with --closed-local: score the methods against the stand-in's own leave-one-out, answer "
+                        "changes on removing their top features, and verification (docs/EVALUATION.md)")
     p.add_argument("--heldout", type=int, default=32, help="held-out masks for LDS (0 = no faithfulness)")
     p.add_argument("--reuse-scores", action="store_true",
                    help="score explanations through the persistent cache (refits cost nothing; cost counts new scoring only)")
@@ -233,6 +236,9 @@ def run_eval(args, argv: list[str]) -> int:
     from ropelime.evaluate import DATA_FILES, Closed, load_items, run_evaluation
     from ropelime.explain import load_surrogate
 
+    if args.transfer and not args.closed_local:
+        raise SystemExit("error: --transfer needs --closed-local MODEL: the stand-in's own leave-one-out is computed "
+                         "locally")
     budget = "d" if args.budget == "d" else int(args.budget)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     items = load_items(args.task, Path(args.data or Path("..") / "shared" / "data" / DATA_FILES[args.task]),
@@ -272,11 +278,21 @@ def run_eval(args, argv: list[str]) -> int:
                     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
                     Path(args.json).write_text(json.dumps({**head, **report}, indent=1), encoding="utf-8")
 
-            report = run_evaluation(items, methods, config, budget=budget, surrogate=surrogate, closed=closed,
-                                    heldout=args.heldout, reuse_scores=args.reuse_scores, step=step, checkpoint=save)
+            if args.transfer:
+                from ropelime.transfer import run_transfer, transfer_table
+
+                report = run_transfer(items, methods, config, budget=budget, surrogate=surrogate, standin=local,
+                                      closed=closed, reuse_scores=args.reuse_scores, step=step, checkpoint=save)
+            else:
+                report = run_evaluation(items, methods, config, budget=budget, surrogate=surrogate, closed=closed,
+                                        heldout=args.heldout, reuse_scores=args.reuse_scores, step=step,
+                                        checkpoint=save)
             bar.update(task, completed=len(items) * len(methods))
     if args.json:
         err.print(f"wrote {args.json}")
+    if args.transfer:
+        Console().print(transfer_table(report))
+        return 0
     table = Table(title=f"{args.task}: {report['items']} items, budget {budget}, fixed output = {report['fixed_output']}")
     for column in ("method", "AUROC", "AP", "P@k", "LDS", "top-k − random-k", "closed calls", "passes", "s/item"):
         table.add_column(column)
