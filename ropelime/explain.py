@@ -119,9 +119,10 @@ def explain(
     response) attributes only that part of the answer. `cached_only` fits on the scores already in
     the cache and runs no surrogate pass. `limits` caps features and tokens (default: from the
     environment, see `Limits`). `verify=K` then checks the top K supporting features with `model`
-    itself (K + 1 more calls, see `ropelime.verify`), within the time budget.
+    itself (K + 1 more calls, see `ropelime.verify`) once scoring is complete, with the time left in
+    the time budget (scoring comes first; a repeat continues both from the caches).
     """
-    from ropelime.verify import check_request, reserve_seconds, verify as verify_top
+    from ropelime.verify import check_request, verify as verify_top
 
     started = time.perf_counter()
     config = (config or ExplainConfig()).model_copy(update=options)
@@ -167,8 +168,7 @@ def explain(
     deadline = None if config.time_budget_s is None else started + config.time_budget_s
     scored, rows, perturbed, stopped = score_masks(
         encoded, response, planned_masks, config=config, surrogate=surrogate, cache=cache, progress=progress,
-        should_stop=should_stop, cost=cost, cached_only=cached_only, positions=positions,
-        deadline=deadline - reserve_seconds(verify, reference) if verify and deadline is not None else deadline)
+        should_stop=should_stop, deadline=deadline, cost=cost, cached_only=cached_only, positions=positions)
     if cached_only and (not scored or scored[0] != 0):
         raise InputError("no cached scores for this explanation (the cache was cleared or the surrogate "
                          "differs); run the explanation again.")

@@ -40,7 +40,8 @@ MARGIN = 0.25
 the answer's words (one word of a four-word answer)."""
 
 RESERVE_FACTOR = 1.5
-"""A call is expected to take up to this many times the original answer's latency."""
+"""Under a deadline, a call starts only while this many times the longest latency seen (the
+original answer's included) remains."""
 
 NEEDS_MODEL = ("verification asks the closed model again: pass model (--model on the command line, model= in "
                "the library and MCP tools), the litellm model string that gave the response")
@@ -79,11 +80,6 @@ def check_request(k: int, model: str | None) -> None:
         raise InputError(f"verify must be 0 (no verification) or a number of features to verify, got {k}.")
     if k and not model:
         raise InputError(NEEDS_MODEL + ".")
-
-
-def reserve_seconds(k: int, reference: ClosedResult) -> float:
-    """Time to keep for verifying k features (k + 1 calls), judged by the original answer's latency."""
-    return (k + 1) * RESERVE_FACTOR * reference.latency_s
 
 
 class _Asker:
