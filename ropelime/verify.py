@@ -182,12 +182,13 @@ def verify(
             notes.append("the model's answer to the unperturbed prompt differs from the explained response; "
                          "the verdicts are about the model's answer")
         if not explanation.diagnostics.complete:
-            notes.append("the explanation is partial: its top features may change once scoring completes")
+            notes.append("the explanation did not score all its planned samples: its top features may change")
+        if control.error:
+            notes.append(f"the control has no answer, so no feature could be judged ({control.error})")
     elif chosen:
         for check in [control, *checks]:
-            check.error = f"no answer to the unperturbed prompt to compare with ({failure})"
-    if control.error:
-        notes.append(f"the control has no answer, so no feature could be judged ({control.error})")
+            check.error = "no answer to the unperturbed prompt to compare with"
+        notes.append(f"the model's answer to the unperturbed prompt is missing ({failure})")
     seconds = round(time.perf_counter() - started, 3)
     verification = Verification(k=k, model=model, original=original.text if original else "", margin=margin,
                                 checks=checks, control=control if chosen else None,

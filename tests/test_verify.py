@@ -256,3 +256,13 @@ def test_explain_stopped_by_its_time_budget_verifies_later(tiny_surrogate, stub)
     full = ropelime.explain(PROMPT, model=MODEL, explain=CONTEXT, surrogate=tiny_surrogate, budget=20,
                             api_base=stub.base_url, verify=2)
     assert full.diagnostics.complete and len(full.verification.checks) == 2 and stub.requests == 1 + 2 + 1
+
+
+def test_without_the_original_answer_nothing_is_judged_and_nothing_else_is_asked(tiny_surrogate, stub):
+    explanation = planted(tiny_surrogate, KEY_FIRST)  # a given response: the model's own answer is asked first
+    stub.fault_for = lambda messages: "500" if content(messages) == PROMPT else None
+    v = ropelime.verify(explanation, 3, model=MODEL, api_base=stub.base_url).verification
+    assert stub.requests == 3 and v.closed_model_calls == 1  # one call, tried three times; no other prompt asked
+    assert {c.verdict for c in v.checks} == {"unverified"} and v.original == ""
+    assert all(c.error == "no answer to the unperturbed prompt to compare with" for c in [v.control, *v.checks])
+    assert any("answer to the unperturbed prompt is missing" in n and "error 500" in n for n in v.notes)

@@ -125,3 +125,20 @@ def test_terminal_and_html_show_the_verdicts(tiny_surrogate, stub):
     assert "<th>closed model</th>" in page and "<td>confirmed</td>" in page and "<td>not confirmed</td>" in page
     plain = to_html(planted(tiny_surrogate, KEY_FIRST))
     assert "closed model</th>" not in plain and "Verified with the closed model" not in plain
+
+
+@pytest.mark.anyio
+async def test_mcp_partial_explanation_is_verified_when_continued(server, stub):
+    async with Client(server) as client:
+        partial = await client.call_tool("explain_response", {**ARGS, "model": MODEL, "verify": 2,
+                                                              "time_budget_s": 1e-6})
+        first = Explanation.model_validate(partial.structured_content)
+        assert not first.diagnostics.complete and first.verification is None and stub.requests == 1
+        assert "waits for the complete explanation" in partial.content[0].text
+        resumed = await client.call_tool("explain_response", {"continue_from": first.id, "verify": 2,
+                                                              "time_budget_s": None})
+        assert not resumed.is_error, resumed.content[0].text
+        done = Explanation.model_validate(resumed.structured_content)
+    k = len(done.verification.checks)
+    assert done.diagnostics.complete and done.closed_model == MODEL and done.verification.model == MODEL
+    assert k >= 1 and stub.requests == 1 + k + 1
