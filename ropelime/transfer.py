@@ -57,7 +57,8 @@ def standin_loo(item: Item, answer: str, standin: Surrogate, config: ExplainConf
 
     loo = config.model_copy(update={**STANDIN_LOO, "granularity": item.granularity, "segments": item.segments,
                                     "budget": feature_count(item)})
-    result = explain(item.prompt, answer, explain=item.explain, config=loo, surrogate=standin, cache=default_cache())
+    result = explain(item.prompt, answer, explain=item.explain, config=loo, surrogate=standin, cache=default_cache(),
+                     output_span=item.output_span)
     return np.array([f.score for f in sorted(result.features, key=lambda f: f.index)])
 
 
