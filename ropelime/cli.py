@@ -254,9 +254,9 @@ def run_eval(args, argv: list[str]) -> int:
             from ropelime.surrogate import Surrogate
 
             local = Surrogate.load(args.closed_local, device=args.device)
-            endpoint = stack.enter_context(OpenAIEndpoint(local_model_reply(local, args.max_tokens),
-                                                          model=Path(args.closed_local).stem))
-            closed = Closed(model=f"openai/{Path(args.closed_local).stem}", api_base=endpoint.base_url,
+            label = local.name if local.name == args.closed_local else Path(args.closed_local).stem  # catalogue name
+            endpoint = stack.enter_context(OpenAIEndpoint(local_model_reply(local, args.max_tokens), model=label))
+            closed = Closed(model=f"openai/{label}", api_base=endpoint.base_url,
                             max_tokens=args.max_tokens)
             os.environ.setdefault("OPENAI_API_KEY", "local")  # litellm wants a key; the local endpoint ignores it
         elif args.model:
