@@ -250,11 +250,12 @@ def run_eval(args, argv: list[str]) -> int:
     with contextlib.ExitStack() as stack:
         closed = None
         if args.closed_local:
+            from ropelime import catalogue
             from ropelime.endpoint import OpenAIEndpoint, local_model_reply
             from ropelime.surrogate import Surrogate
 
             local = Surrogate.load(args.closed_local, device=args.device)
-            label = local.name if local.name == args.closed_local else Path(args.closed_local).stem  # catalogue name
+            label = local.name if catalogue.entry(args.closed_local) else Path(args.closed_local).stem
             endpoint = stack.enter_context(OpenAIEndpoint(local_model_reply(local, args.max_tokens), model=label))
             closed = Closed(model=f"openai/{label}", api_base=endpoint.base_url,
                             max_tokens=args.max_tokens)
