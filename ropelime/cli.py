@@ -1,4 +1,4 @@
-"""Command line: `ropelime explain`, `ropelime verify`, `ropelime eval`, `ropelime models`, `ropelime serve`."""
+"""Command line: `ropelime explain`, `ropelime verify`, `ropelime eval`, `ropelime audit`, `ropelime models`, `ropelime serve`."""
 
 from __future__ import annotations
 
@@ -308,6 +308,58 @@ def run_eval(args, argv: list[str]) -> int:
     return 0
 
 
+def _audit_parser(sub) -> None:
+    p = sub.add_parser("audit", help="explain every request of a JSONL file (resumable; locally or on Ray)",
+                       description="Explain every request of INPUT.jsonl (one JSON object per line: id, prompt, "
+                                   "response or model, optional system, explain and method options) into OUT.jsonl, "
+                                   "one record per line. A rerun skips the ids already explained and retries errors.")
+    p.add_argument("input", metavar="INPUT.jsonl")
+    p.add_argument("--out", required=True, metavar="OUT.jsonl", help="results, one JSON record per line (appended)")
+    p.add_argument("--html", metavar="SUMMARY.html", help="also write the summary as a self-contained page")
+    m = p.add_argument_group("method (defaults for every request; a request's own keys win)")
+    m.add_argument("--granularity", choices=get_args(Granularity), default="sentence")
+    m.add_argument("--budget", type=int, default=ExplainConfig().budget, help="perturbed prompts to score")
+    _method_options(m)
+    m.add_argument("--time-budget", type=float, help="stop scoring each request after this many seconds")
+    m.add_argument("--converge-top-k", type=int, metavar="K",
+                   help="stop scoring once the top-K features and their order stop changing")
+    m.add_argument("--surrogate", help=SURROGATE_HELP)
+    m.add_argument("--device", help="cpu, cuda, … (default: cuda when available)")
+    m.add_argument("--api-base", help="base URL for the closed model (requests with 'model')")
+    r = p.add_argument_group("Ray")
+    r.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run on Ray: no value = start a local Ray instance, 'auto' = the cluster of $RAY_ADDRESS, "
+                        "or an address (ray://head:10001)")
+    r.add_argument("--ray-workers", type=int, metavar="N",
+                   help="actors, each holding one surrogate (default: as many as the cluster's CPUs allow)")
+    r.add_argument("--ray-cpus-per-worker", type=int, default=1, metavar="C",
+                   help="CPUs (torch threads) per actor; with --device cuda each actor also takes one GPU")
+    s = p.add_argument_group("summary")
+    s.add_argument("--weak-r2", type=float, default=0.2, help="flag answers whose fit R² is below this")
+    s.add_argument("--weak-nll", type=float, default=4.0,
+                   help="flag answers the surrogate finds unlikely: mean NLL per token above this")
+
+
+def run_audit(args) -> int:
+    from rich.console import Console
+
+    from ropelime.audit import RayOptions, audit
+    from ropelime.audit_report import print_summary, progress_bar
+
+    config = _method_config(args, granularity=args.granularity, budget=args.budget, time_budget_s=args.time_budget,
+                            converge_top_k=args.converge_top_k)
+    ray = RayOptions(address=args.ray, workers=args.ray_workers, cpus_per_worker=args.ray_cpus_per_worker,
+                     log_to_driver=args.verbose) if args.ray else None
+    with progress_bar(Console(stderr=True)) as bar:
+        task = bar.add_task("auditing", total=None)
+        summary = audit(args.input, args.out, config=config, surrogate=args.surrogate, device=args.device,
+                        api_base=args.api_base, ray=ray, html=args.html, weak_r2=args.weak_r2,
+                        weak_nll=args.weak_nll, progress=lambda done, total: bar.update(task, completed=done,
+                                                                                        total=total))
+    print_summary(summary, Console())
+    return 1 if summary.errors else 0
+
+
 def run_models(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -368,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     _verify_parser(sub)
     _eval_parser(sub)
     _serve_parser(sub)
+    _audit_parser(sub)
     models = sub.add_parser("models", help="list the surrogate catalogue; prepare a surrogate once")
     models.add_argument("--prepare", nargs="?", const="gemma3-270m", metavar="NAME",
                         help="join, check and de-quantise a surrogate once into the cache (default: the embedded one)")
@@ -388,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             given = sys.argv[1:] if argv is None else argv
             return run_eval(args, given[given.index("eval") + 1:])
-        return {"explain": run_explain, "verify": run_verify, "models": run_models,
-                "serve": run_serve}[args.command](args)
+        return {"explain": run_explain, "verify": run_verify, "models": run_models, "serve": run_serve,
+                "audit": run_audit}[args.command](args)
     except (InputError, ClosedModelError, ValidationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
