@@ -13,12 +13,13 @@ error records (their requests are tried again) and skips the ids already explain
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,6 +254,27 @@ def run_request(request: Request, surrogate: Surrogate, api_base: str | None = N
     return {"request_id": request.id, **result.model_dump(mode="json")}
 
 
+Runner = Callable[[list[Request], Callable[[Record], None]], None]
+"""Explains requests, passing each output record to the callback as it completes."""
+
+
+def _start(ray: RayOptions | None, stats: RunStats, stack: contextlib.ExitStack, *, surrogate: Surrogate | str | None,
+           device: str | None, dtype: str | None, api_base: str | None) -> Runner:
+    """Load the surrogate here once, or start the Ray workers (closed with `stack`); the runner of requests."""
+    if ray is not None:
+        from ropelime.audit_ray import RayPool
+
+        return stack.enter_context(RayPool(ray, stats, surrogate=surrogate, device=device, dtype=dtype,
+                                           api_base=api_base)).run
+    loaded = surrogate if isinstance(surrogate, Surrogate) else load_surrogate(surrogate, device, dtype)
+
+    def run(requests: list[Request], write: Callable[[Record], None]) -> None:
+        for request in requests:
+            write(run_request(request, loaded, api_base))
+
+    return run
+
+
 def audit(
     input: str | Path,
     out: str | Path,
@@ -286,13 +308,15 @@ def audit(
     if ray is not None and isinstance(surrogate, Surrogate):
         raise InputError("on Ray give the surrogate by name (each actor loads its own copy), not a loaded Surrogate.")
     if ray is not None:
-        from ropelime.audit_ray import run_on_ray  # says how to install ray when it is missing
+        import ropelime.audit_ray  # noqa: F401 — says how to install ray when it is missing
     requests, bad_lines = read_requests(input, config or ExplainConfig())
     stats = RunStats(requests=len(requests))
-    with AuditOutput(out) as output:
+    with AuditOutput(out) as output, contextlib.ExitStack() as stack:
         pending = [r for r in requests if r.id not in output.done]
         stats.skipped = len(requests) - len(pending)
-        for record in bad_lines:
+        if pending:
+            run = _start(ray, stats, stack, surrogate=surrogate, device=device, dtype=dtype, api_base=api_base)
+        for record in bad_lines:  # once the surrogate or the Ray workers are ready: a failed start writes nothing
             stats.written += output.write(record)
 
         def write(record: Record) -> None:
@@ -301,15 +325,10 @@ def audit(
             if progress:
                 progress(stats.processed, len(pending))
 
-        if progress:
-            progress(0, len(pending))
-        if pending and ray is not None:
-            run_on_ray(pending, write, ray, stats, surrogate=surrogate, device=device, dtype=dtype,
-                       api_base=api_base)
-        elif pending:
-            loaded = surrogate if isinstance(surrogate, Surrogate) else load_surrogate(surrogate, device, dtype)
-            for request in pending:
-                write(run_request(request, loaded, api_base))
+        if pending:
+            if progress:
+                progress(0, len(pending))
+            run(pending, write)
     stats.seconds = round(time.perf_counter() - started, 3)
     summary = summarise(read_output(out), stats, output=out, weak_r2=weak_r2, weak_nll=weak_nll)
     if html:

@@ -58,79 +58,95 @@ def connect(address: str, log_to_driver: bool) -> bool:
     return True
 
 
-def run_on_ray(requests: list[Request], write: Callable[[Record], None], options: RayOptions, stats: RunStats, *,
-               surrogate: str | None = None, device: str | None = None, dtype: str | None = None,
-               api_base: str | None = None) -> None:
-    """Explain `requests` on Ray actors, passing each record to `write` as it completes.
+class RayPool:
+    """Actors holding one loaded surrogate each, on the cluster of `options`; use as a context manager.
 
-    Joins the cluster of `options` unless Ray is already initialised in this process (then that one is
-    used). Each request is written once: an actor that dies is replaced and its request sent again, up
-    to `options.max_retries` times, then it gets an error record.
+    Joins the cluster unless Ray is already initialised in this process (then that one is used) and
+    starts the actors, checking that the cluster has room for them and that they load the surrogate.
+    Leaving kills the actors and shuts down a Ray instance this pool started.
     """
-    gpu = (device or os.environ.get("ROPELIME_DEVICE") or "").startswith("cuda")
-    started_here = connect(options.address, options.log_to_driver)
-    try:
-        resources = ray.cluster_resources()
-        per_worker = {"num_cpus": options.cpus_per_worker, "num_gpus": 1 if gpu else 0}
-        fits = int(resources.get("GPU", 0)) if gpu else int(resources.get("CPU", 0)) // options.cpus_per_worker
-        workers = options.workers or max(fits, 1)
-        if workers > fits:
-            raise InputError(f"{workers} workers need {workers} GPU(s)" if gpu else
-                             f"{workers} workers × {options.cpus_per_worker} CPUs need "
-                             f"{workers * options.cpus_per_worker} CPUs"
-                             f", but the Ray cluster has {resources.get('GPU' if gpu else 'CPU', 0):g}; "
-                             "lower --ray-workers or --ray-cpus-per-worker, or add nodes.")
-        stats.workers = workers
-        name = ray.get_runtime_context().get_job_id()
 
-        def start(slot: int, generation: int):
-            return AuditWorker.options(name=f"ropelime-audit-{name}-{slot}.{generation}", **per_worker).remote(
-                surrogate, device, dtype, options.cpus_per_worker, api_base)
-
-        actors = [start(slot, 0) for slot in range(workers)]
+    def __init__(self, options: RayOptions, stats: RunStats, *, surrogate: str | None = None,
+                 device: str | None = None, dtype: str | None = None, api_base: str | None = None) -> None:
+        self.options, self.stats = options, stats
+        gpu = (device or os.environ.get("ROPELIME_DEVICE") or "").startswith("cuda")
+        self._resources = {"num_cpus": options.cpus_per_worker, "num_gpus": 1 if gpu else 0}
+        self._arguments = (surrogate, device, dtype, options.cpus_per_worker, api_base)
+        self._started_ray = connect(options.address, options.log_to_driver)
+        self.actors: list = []
         try:
-            ray.get([actor.ready.remote() for actor in actors])  # a surrogate that cannot load fails here, once
-        except RayActorError as error:
-            raise InputError(f"the Ray workers could not load the surrogate: {error}") from None
-        _dispatch(requests, write, options, stats, actors, start)
-        for actor in actors:
+            resources = ray.cluster_resources()
+            kind = "GPU" if gpu else "CPU"
+            fits = int(resources.get(kind, 0)) // (1 if gpu else options.cpus_per_worker)
+            workers = options.workers or max(fits, 1)
+            if workers > fits:
+                need = workers * (1 if gpu else options.cpus_per_worker)
+                raise InputError(f"{workers} workers need {need} {kind}s, but the Ray cluster has "
+                                 f"{resources.get(kind, 0):g}; lower --ray-workers or --ray-cpus-per-worker, "
+                                 "or add nodes.")
+            stats.workers = workers
+            self._job = ray.get_runtime_context().get_job_id()
+            self.actors = [self._start(slot, 0) for slot in range(workers)]
+            try:
+                ray.get([actor.ready.remote() for actor in self.actors])  # a surrogate that cannot load fails here
+            except RayActorError as error:
+                raise InputError(f"the Ray workers could not load the surrogate: {error}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, slot: int, generation: int):
+        return AuditWorker.options(name=f"ropelime-audit-{self._job}-{slot}.{generation}",
+                                   **self._resources).remote(*self._arguments)
+
+    def __enter__(self) -> RayPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for actor in self.actors:
             ray.kill(actor)
-    finally:
-        if started_here:
+        self.actors = []
+        if self._started_ray:
             ray.shutdown()
+            self._started_ray = False
 
+    def run(self, requests: list[Request], write: Callable[[Record], None]) -> None:
+        """Explain `requests`, passing each record to `write` as it completes; every request is written once.
 
-def _dispatch(requests: list[Request], write: Callable[[Record], None], options: RayOptions, stats: RunStats,
-              actors: list, start: Callable) -> None:
-    """Keep every actor busy with one request until all are written; replace actors that die."""
-    queue = deque(requests)
-    attempts: dict[object, int] = {}
-    generations = [0] * len(actors)
-    idle = list(range(len(actors)))
-    in_flight: dict[object, tuple[int, Request]] = {}
-    while queue or in_flight:
-        while idle and queue:
-            slot, request = idle.pop(), queue.popleft()
-            in_flight[actors[slot].run.remote(request)] = (slot, request)
-        [ref], _ = ray.wait(list(in_flight), num_returns=1)
-        slot, request = in_flight.pop(ref)
-        try:
-            record = ray.get(ref)
-        except RayActorError as error:
-            generations[slot] += 1
-            stats.workers_replaced += 1
-            log.warning("Ray worker %d died (%s); replacing it", slot, error)
-            ray.kill(actors[slot])  # if it is only unreachable, free its resources for the replacement
-            actors[slot] = start(slot, generations[slot])
-            attempts[request.id] = attempts.get(request.id, 0) + 1
-            if attempts[request.id] <= options.max_retries:
-                stats.retried += 1
-                queue.appendleft(request)
+        An actor that dies is replaced and its request sent again, up to `max_retries` times, then the
+        request gets an error record.
+        """
+        queue = deque(requests)
+        attempts: dict[object, int] = {}
+        generations = [0] * len(self.actors)
+        idle = list(range(len(self.actors)))
+        in_flight: dict[object, tuple[int, Request]] = {}
+        while queue or in_flight:
+            while idle and queue:
+                slot, request = idle.pop(), queue.popleft()
+                in_flight[self.actors[slot].run.remote(request)] = (slot, request)
+            [ref], _ = ray.wait(list(in_flight), num_returns=1)
+            slot, request = in_flight.pop(ref)
+            try:
+                record = ray.get(ref)
+            except RayActorError as error:
+                log.warning("Ray worker %d died (%s); replacing it", slot, error)
+                ray.kill(self.actors[slot])  # if it is only unreachable, free its resources for the replacement
+                generations[slot] += 1
+                self.actors[slot] = self._start(slot, generations[slot])
+                self.stats.workers_replaced += 1
+                attempts[request.id] = attempts.get(request.id, 0) + 1
+                if attempts[request.id] <= self.options.max_retries:
+                    self.stats.retried += 1
+                    queue.appendleft(request)
+                else:
+                    write(error_record(request.id, f"its Ray worker died {attempts[request.id]} times; the last "
+                                       f"time: {error}", request.line))
+            except RayError as error:
+                write(error_record(request.id, f"Ray could not run it: {error}", request.line))
             else:
-                write(error_record(request.id, f"its Ray worker died {attempts[request.id]} times; the last "
-                                   f"time: {error}", request.line))
-        except RayError as error:
-            write(error_record(request.id, f"Ray could not run it: {error}", request.line))
-        else:
-            write(record)
-        idle.append(slot)
+                write(record)
+            idle.append(slot)
