@@ -201,4 +201,5 @@ class ItemsPerSecond(ProgressColumn):
 def progress_bar(console: Console) -> Progress:
     """A progress bar for audits: done/total, items/s, elapsed time and ETA."""
     return Progress(TextColumn("auditing"), BarColumn(), MofNCompleteColumn(), ItemsPerSecond(),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                    speed_estimate_period=600)  # items take seconds each: average over the last 10 minutes

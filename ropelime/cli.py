@@ -350,12 +350,21 @@ def run_audit(args) -> int:
                             converge_top_k=args.converge_top_k)
     ray = RayOptions(address=args.ray, workers=args.ray_workers, cpus_per_worker=args.ray_cpus_per_worker,
                      log_to_driver=args.verbose) if args.ray else None
-    with progress_bar(Console(stderr=True)) as bar:
-        task = bar.add_task("auditing", total=None)
+    bar, task = progress_bar(Console(stderr=True)), None
+
+    def show(done: int, total: int) -> None:  # the bar appears once the surrogate (or the Ray workers) is ready
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("auditing", total=total)
+        bar.update(task, completed=done, total=total)
+
+    try:
         summary = audit(args.input, args.out, config=config, surrogate=args.surrogate, device=args.device,
                         api_base=args.api_base, ray=ray, html=args.html, weak_r2=args.weak_r2,
-                        weak_nll=args.weak_nll, progress=lambda done, total: bar.update(task, completed=done,
-                                                                                        total=total))
+                        weak_nll=args.weak_nll, progress=show)
+    finally:
+        bar.stop()
     print_summary(summary, Console())
     return 1 if summary.errors else 0
 
