@@ -130,7 +130,7 @@ def _run_line(summary: AuditSummary) -> str:
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", min_width=len(title) + 2)
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows[:SHOWN]:
