@@ -2,7 +2,8 @@
 # The quality comparison of docs/EVALUATION.md section 5 for one surrogate on the first N items of a task,
 # budget 64, seed 0, gold answer as the fixed output. The base run scores two mask sets per item (sparse_k for
 # the default and LOO, Bernoulli-1/2 for the ContextCite style) and the held-out masks; every other run refits
-# those cached scores with another target, kernel or solver (no new surrogate pass but the top-k removal masks).
+# those cached scores with the KL target, Bernoulli masks with KL and ridge, or (MMLU) the answer's letter only
+# (no new surrogate pass but the top-k removal masks).
 # Usage: scripts/eval_quality.sh TASK N SURROGATE        e.g. scripts/eval_quality.sh mmlu 20 qwen2.5-coder-0.5b
 set -e
 TASK=${1:?task (mmlu or hotpotqa)}
@@ -15,8 +16,6 @@ mkdir -p "$OUT"
 run() { name=$1; shift; ropelime eval "$TASK" --data "$DATA" --limit "$N" --surrogate "$SURROGATE" --budget 64 \
         --seed 0 --reuse-scores "$@" --json "$OUT/${TASK}_${SURROGATE}_n${N}_$name.json" > /dev/null; }
 run base --methods ropelime,loo,contextcite
-for target in kl logit_prob; do run "target_$target" --methods ropelime,loo --target "$target"; done
-run kernel_uniform --methods ropelime --kernel uniform
-run bernoulli_kl_ridge --methods ropelime --sampler bernoulli --kernel uniform --target kl
-run bernoulli_nll_ridge --methods ropelime --sampler bernoulli --kernel uniform
+run target_kl --methods ropelime,loo --target kl
+run bernoulli_kl --methods ropelime --sampler bernoulli --kernel uniform --target kl
 if [ "$TASK" = mmlu ]; then run letter --answer-part letter --methods ropelime,loo,contextcite; fi

@@ -4,6 +4,7 @@
     python scripts/eval_tables.py --compact docs/results/refit/*.json  # one row per report and method
     python scripts/eval_tables.py --compact --base BASE.json OTHER.json ...  # plus paired differences
     python scripts/eval_tables.py --plot docs/eval_budget.png docs/results/budget/*.json
+    python scripts/eval_tables.py --plot-surrogates docs/eval_surrogates.png docs/results/quality/mmlu_*_base.json
     python scripts/eval_tables.py --fill docs/EVALUATION.md   # regenerate every marked table in place
 
 In `--fill`, a table is the text between `<!-- eval_tables: ARGS -->` and `<!-- end -->`, replaced by
@@ -127,6 +128,38 @@ def plot(reports: list[dict], out: Path, metrics: tuple[str, ...] = ("auroc", "l
     fig.savefig(out, dpi=120)
 
 
+def plot_surrogates(reports: list[dict], out: Path) -> None:
+    """AUROC (mean and interval) of each method against the surrogate's size and against seconds per
+    explanation (the default method's mean; LOO and ContextCite style share its cost order)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ropelime import catalogue
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    methods = sorted({m for r in reports for m in r["summary"]})
+    for method in methods:
+        points = sorted((catalogue.CATALOGUE[r["surrogate"]].parameters_b, r["summary"]["ropelime"]["seconds"]["mean"],
+                         r["summary"][method]["auroc"]) for r in reports if method in r["summary"])
+        for ax, x in zip(axes, ([p[0] for p in points], [p[1] for p in points])):
+            mean = [p[2]["mean"] for p in points]
+            ax.errorbar(x, mean, yerr=[[m - p[2]["low"] for m, p in zip(mean, points)],
+                                       [p[2]["high"] - m for m, p in zip(mean, points)]],
+                        marker="o", capsize=3, label=method)
+    axes[0].set_xlabel("surrogate parameters (billions)")
+    axes[1].set_xlabel("seconds per explanation (default method, budget 64)")
+    for ax in axes:
+        ax.set_ylabel("AUROC against gold")
+        ax.axhline(0.5, color="grey", lw=0.5, ls="--")
+        ax.legend(fontsize=8)
+    n = "/".join(map(str, sorted({r["items"] for r in reports})))
+    fig.suptitle(f"{reports[0]['task']}, {n} items: agreement with gold by surrogate")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
 MARKED = re.compile(r"(<!-- eval_tables: (.*?) -->\n)(.*?)(<!-- end -->)", re.DOTALL)
 
 
@@ -149,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("reports", nargs="*")
     parser.add_argument("--fill", metavar="MARKDOWN", help="regenerate the marked tables of this document")
     parser.add_argument("--plot", metavar="PNG", help="plot AUROC and LDS against budget from these reports")
+    parser.add_argument("--plot-surrogates", metavar="PNG",
+                        help="plot AUROC against surrogate size and seconds, one report per surrogate")
     parser.add_argument("--compact", action="store_true", help="one table, one row per report and method")
     parser.add_argument("--base", metavar="REPORT", help="--compact: add paired differences against this report")
     args = parser.parse_args(argv)
@@ -160,6 +195,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.plot:
         plot(reports, Path(args.plot))
         print(f"wrote {args.plot}")
+        return
+    if args.plot_surrogates:
+        plot_surrogates(reports, Path(args.plot_surrogates))
+        print(f"wrote {args.plot_surrogates}")
         return
     if args.compact:
         base = json.loads(Path(args.base).read_text(encoding="utf-8")) if args.base else None
