@@ -68,16 +68,16 @@ LASSO_SECONDS_PER_FIT = 0.01
 
 
 def fit_flops(n: int, d: int, bootstrap: int) -> float:
-    """Arithmetic of a ridge/OLS fit with its wild bootstrap: normal equations, inverse, the draws."""
-    return _fit_per_mask(d, bootstrap) * n + _fit_fixed(d)
+    """Arithmetic of a ridge/OLS fit with its bootstrap: normal equations and a solve per draw."""
+    return _fit_per_mask(d, bootstrap) * n + _fit_fixed(d, bootstrap)
 
 
 def _fit_per_mask(d: int, bootstrap: int) -> float:
-    return 4.0 * d * d + 2.0 * bootstrap * d
+    return (bootstrap + 1) * 2.0 * d * d
 
 
-def _fit_fixed(d: int) -> float:
-    return 2.0 * d ** 3
+def _fit_fixed(d: int, bootstrap: int) -> float:
+    return (bootstrap + 1) * d ** 3 / 3.0
 
 
 def record_fit(n: int, d: int, bootstrap: int, seconds: float) -> None:
@@ -117,7 +117,7 @@ class Deadline:
             self.fixed_s += (bootstrap + 2) * LASSO_SECONDS_PER_FIT
             return
         self.per_mask_s += _fit_per_mask(d, bootstrap) * rate
-        self.fixed_s += _fit_fixed(d) * rate
+        self.fixed_s += _fit_fixed(d, bootstrap) * rate
 
 
 def plan_chunk(work: Sequence[float], pace: Rate, left: Callable[[int], float], *, first: bool,

@@ -7,6 +7,7 @@ docs/EVALUATION.md ("Reliability summary").
 
 from __future__ import annotations
 
+from ropelime.fit import NOISE
 from ropelime.schema import Diagnostics, FeatureScore, Reliability
 
 R2_LOW, R2_MEDIUM = 0.25, 0.5
@@ -22,7 +23,7 @@ _ORDER = {"high": 0, "medium": 1, "low": 2}
 
 def excludes_zero(feature: FeatureScore) -> bool:
     """Whether the feature's 95% interval lies wholly above or below 0."""
-    return feature.ci_low > 0 or feature.ci_high < 0
+    return feature.ci_low > NOISE or feature.ci_high < -NOISE
 
 
 def assess(diagnostics: Diagnostics, features: list[FeatureScore]) -> Reliability:

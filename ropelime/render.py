@@ -13,7 +13,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from ropelime.reliability import excludes_zero
+from ropelime.reliability import NOISE, excludes_zero
 from ropelime.schema import Explanation, FeatureScore
 from ropelime.verify import summary_lines
 
@@ -49,8 +49,8 @@ def _scale(explanation: Explanation) -> float:
 
 
 def number(x: float) -> str:
-    """Signed, three significant digits; 0 for float noise (|x| < 1e-12), never "-0"."""
-    return "0" if abs(x) < 1e-12 else f"{x + 0.0:+.3g}"
+    """Signed, three significant digits; 0 for float noise (|x| < NOISE), never "-0"."""
+    return "0" if abs(x) < NOISE else f"{x + 0.0:+.3g}"
 
 
 def _ci(feature: FeatureScore) -> str:
