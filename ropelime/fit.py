@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import Lasso
+from threadpoolctl import threadpool_limits
 
 from ropelime.schema import Solver
 
@@ -136,7 +137,8 @@ def fit_linear(
     counts = np.zeros((bootstrap, len(y)))
     for b in range(bootstrap):
         np.add.at(counts[b], rng.choice(weighted, len(weighted)), 1.0)
-    draws = _solve_many(x, y, counts * w, solver, alpha)[1]
+    with threadpool_limits(1, user_api="blas"):  # many small solves: threads only contend (with torch's too)
+        draws = _solve_many(x, y, counts * w, solver, alpha)[1]
     half = np.percentile(np.abs(draws - coef), level * 100, axis=0)
     low, high = (np.where(np.abs(end) < NOISE, 0.0, end) for end in (coef - half, coef + half))
     r2 = weighted_r2(y, intercept + x @ coef, w)

@@ -11,9 +11,9 @@ from importlib.metadata import version
 from typing import Annotated, Literal, TypeVar, get_args
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError, UnexpectedToolError
 from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 import ropelime
 from ropelime.compare import DEFAULT_BUDGETS, DEFAULT_SAMPLERS, DEFAULT_SEEDS, Comparison, plot_faithfulness
@@ -23,7 +23,8 @@ from ropelime.render import to_html
 from ropelime.catalogue import EMBEDDED
 from ropelime.schema import ExplainConfig, Explanation, Kernel, Perturbation, Sampler, Solver, Target
 from ropelime.verify import check_request
-from ropelime_server.engine import EngineOptions, engine_of, lifespan_for, run_job, tool_errors
+from ropelime_server.engine import (EngineOptions, engine_of, lifespan_for, run_job, tool_errors,
+                                    validation_problems)
 from ropelime_server.prompt_files import load_prompts
 from ropelime_server.results import Direction, TopFeatures, comparison_text, explanation_text, top_text
 
@@ -108,10 +109,23 @@ def options_document(options: EngineOptions) -> dict:
     }
 
 
+class RopeLimeServer(MCPServer):
+    """MCPServer whose argument errors read as one line (the SDK's carry pydantic's layout and links)."""
+
+    async def call_tool(self, name: str, arguments: dict, context: Context | None = None):
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as error:
+            if isinstance(error, UnexpectedToolError) or not isinstance(error.__cause__, ValidationError):
+                raise
+            raise ToolError(f"invalid arguments for {name}: {validation_problems(error.__cause__)}") \
+                from error.__cause__
+
+
 def build_server(options: EngineOptions | None = None) -> MCPServer:
     """The MCP server; it answers at once and loads the surrogate once, in the background (its lifespan)."""
     options = options or EngineOptions.from_env()
-    mcp = MCPServer("ropelime", title="RoPE-LIME", version=version("ropelime"), instructions=INSTRUCTIONS,
+    mcp = RopeLimeServer("ropelime", title="RoPE-LIME", version=version("ropelime"), instructions=INSTRUCTIONS,
                     lifespan=lifespan_for(options))
 
     @tool(mcp, title="Explain a response", annotations=ToolAnnotations(

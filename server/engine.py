@@ -192,6 +192,12 @@ async def run_job(ctx: Context, job: Callable[[Progress, ShouldStop], T], *, sta
         raise
 
 
+def validation_problems(error: ValidationError) -> str:
+    """`name: what is wrong (got value)` for each problem, on one line, without pydantic's links."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']} (got {one_line(repr(e.get('input')))[:80]})"
+                     for e in error.errors())
+
+
 def one_line(text: str) -> str:
     """The text with every run of whitespace (newlines included) as one space."""
     return " ".join(text.split())
@@ -209,8 +215,7 @@ def tool_errors() -> Iterator[None]:
     except Cancelled as error:
         raise ToolError(f"{error}; call again with the same arguments to continue") from None
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in error.errors())
-        raise ToolError(f"invalid option: {problems}") from None
+        raise ToolError(f"invalid option: {validation_problems(error)}") from None
     except Exception as error:
         log.exception("unexpected failure")
         raise ToolError(f"internal error ({type(error).__name__}: {scrub(str(error))[:200]}); "
