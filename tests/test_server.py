@@ -51,6 +51,8 @@ async def test_four_read_only_tools_with_output_schemas(server, mode):
         assert tool.annotations.read_only_hint is True
         assert tool.output_schema and tool.output_schema["type"] == "object"
         assert tool.description and all(p.get("description") for p in tool.input_schema["properties"].values())
+        assert "\n    " not in tool.description  # dedented docstring
+    assert "segments" not in str(tools["explain_response"].input_schema["properties"]["granularity"])
     assert tools["explain_response"].annotations.open_world_hint is True
     assert tools["compare_samplers"].annotations.open_world_hint is True
     assert tools["top_features"].annotations.open_world_hint is False

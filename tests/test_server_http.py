@@ -87,6 +87,14 @@ async def explain(client: Client, **args) -> Explanation:
     return Explanation.model_validate(result.structured_content)
 
 
+def test_http_says_where_it_listens(http_server):
+    url, log = http_server
+    deadline = time.monotonic() + 30
+    while f"listening on {url}" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert f"listening on {url}" in log.read_text()
+
+
 async def test_eight_simultaneous_http_calls_match_one_by_one_and_load_once(http_server, tiny_surrogate, tmp_path):
     url, log = http_server
     results: dict[int, Explanation] = {}

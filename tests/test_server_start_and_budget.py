@@ -8,6 +8,7 @@ fail them), not performance measurements.
 from __future__ import annotations
 
 import importlib
+import sys
 import threading
 import time
 
@@ -93,3 +94,14 @@ async def test_compare_samplers_returns_within_its_time_budget_and_counts_its_pa
     assert not comparison.complete and comparison.runs_planned == 6 and len(comparison.runs) < 6
     assert comparison.surrogate_passes > sum(r.surrogate_passes for r in comparison.runs)  # the unfinished run's too
     assert f"{len(comparison.runs)} of 6 runs" in result.content[0].text
+
+
+def test_building_the_server_does_not_import_torch(tiny_model_dir):
+    """What `initialize` and `tools/list` need loads without torch; the surrogate comes in the background."""
+    import subprocess
+
+    code = ("import sys; from ropelime_server.app import build_server; from ropelime_server.engine import EngineOptions; "
+            f"build_server(EngineOptions(surrogate={str(tiny_model_dir)!r})); "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
