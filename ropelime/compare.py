@@ -189,7 +189,7 @@ def compare_samplers(
         from ropelime.closed import fetch_response
 
         fetched = fetch_response(model, prompt, system, cache_dir=cache_dir(), api_base=api_base,
-                                 timeout=max(1.0, min(closed_timeout, deadline.remaining())))
+                                 timeout=min(closed_timeout, max(1.0, deadline.remaining())))
         response, closed_calls, source = fetched.text, 0 if fetched.cached else 1, "closed_model"
     if not isinstance(surrogate, Surrogate):
         surrogate = load_surrogate(surrogate)

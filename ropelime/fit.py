@@ -142,4 +142,4 @@ def fit_linear(
     half = np.percentile(np.abs(draws - coef), level * 100, axis=0)
     low, high = (np.where(np.abs(end) < NOISE, 0.0, end) for end in (coef - half, coef + half))
     r2 = weighted_r2(y, intercept + x @ coef, w)
-    return LinearFit(intercept, coef, low, high, r2, notes)
+    return LinearFit(intercept, coef, np.minimum(low, coef), np.maximum(high, coef), r2, notes)

@@ -206,7 +206,8 @@ def test_the_html_method_table_shows_formatted_values(explanation):
     method = page.split("<h2>Method")[1]
     assert "0.9123" in method and "0.912345678" not in method
     assert ">True<" not in method and ">False<" not in method and ">yes<" in method and ">no<" in method
-    assert ">auto<" not in method and "<td>k</td><td>2</td>" in method
+    assert "<td>k</td><td>2</td>" in method and "<td>alpha</td><td>1</td>" in method  # values, not "auto"
+    assert "<td>segments</td><td>—</td>" in method  # not applicable
 
 
 def test_the_reliability_summary_is_shown_everywhere(explanation):

@@ -91,6 +91,7 @@ async def test_explain_response_returns_short_text_and_the_full_explanation(serv
 
 async def test_a_partial_explanation_continues_from_its_cached_scores(server, mode):
     async with Client(server, mode=mode) as client:
+        await explain(client, budget=2)  # the surrogate has loaded: the tiny budget below goes to scoring
         text, partial = await explain(client, granularity="word", budget=40, time_budget_s=0.001)
         assert not partial.diagnostics.complete and "INCOMPLETE" in text and f"continue_from={partial.id!r}" in text
         text, resumed = await explain(client, prompt=None, response=None, continue_from=partial.id, time_budget_s=None)
