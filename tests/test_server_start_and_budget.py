@@ -55,7 +55,7 @@ async def test_the_server_answers_while_the_surrogate_loads(tiny_model_dir, monk
         messages.append(message or "")
 
     async with Client(server) as client:
-        assert len((await client.list_tools()).tools) == 3  # the model is still loading
+        assert "explain_response" in {t.name for t in (await client.list_tools()).tools}  # the model is still loading
         early = await client.call_tool("explain_response", {**ARGS, "budget": 4, "time_budget_s": 0.5},
                                        progress_callback=on_progress)
         assert early.is_error and "still loading" in early.content[0].text and "call again" in early.content[0].text
