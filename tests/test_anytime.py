@@ -19,8 +19,8 @@ def test_the_first_chunk_is_one_mask_until_the_pace_is_measured():
 
 
 def test_a_chunk_stops_before_the_deadline_but_the_first_always_scores_one():
-    pace = Rate(1e-3)  # 0.5 s per mask of 500 tokens
-    assert plan_chunk([500] * 40, pace, lambda j: 1.2, first=False) == 2
+    pace = Rate(1e-3)  # 0.5 s per mask of 500 tokens, checked against the deadline as 0.75 s
+    assert plan_chunk([500] * 40, pace, lambda j: 1.6, first=False) == 2
     assert plan_chunk([500] * 40, pace, lambda j: 0.1, first=False) == 0
     assert plan_chunk([500] * 40, pace, lambda j: -5.0, first=True) == 1  # the unperturbed prompt is needed
 
