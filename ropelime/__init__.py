@@ -4,13 +4,57 @@
     result = ropelime.explain(prompt, response, explain=context, granularity="sentence")
     result.top(3)
     ropelime.verify(result, 3, model="openai/gpt-4o-mini")   # check the top 3 with the closed model
+
+The names below load on first use, so `import ropelime` (and the CLI's `--help`) does not import torch.
 """
 
-from ropelime.audit import audit
-from ropelime.explain import Cancelled, explain, load_surrogate, refit
-from ropelime.schema import Explanation, ExplainConfig, FeatureScore
-from ropelime.surrogate import Surrogate
-from ropelime.verify import verify
+from __future__ import annotations
 
-__all__ = ["Cancelled", "ExplainConfig", "Explanation", "FeatureScore", "Surrogate", "audit", "explain", "load_surrogate",
-           "refit", "verify"]
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Cancelled": "ropelime.errors",
+    "ExplainConfig": "ropelime.schema",
+    "Explanation": "ropelime.schema",
+    "FeatureScore": "ropelime.schema",
+    "Surrogate": "ropelime.surrogate",
+    "audit": "ropelime.audit",
+    "explain": "ropelime.explain",
+    "load_surrogate": "ropelime.explain",
+    "refit": "ropelime.explain",
+    "verify": "ropelime.verify",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from ropelime.audit import audit
+    from ropelime.errors import Cancelled
+    from ropelime.explain import explain, load_surrogate, refit
+    from ropelime.schema import ExplainConfig, Explanation, FeatureScore
+    from ropelime.surrogate import Surrogate
+    from ropelime.verify import verify
+
+
+class _Package(types.ModuleType):
+    """Keeps `ropelime.explain` (`audit`, `verify`) the function: importing the submodule of the same name
+    would rebind the package's attribute to the module."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}" and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ropelime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -1,42 +1,154 @@
 """When to stop scoring masks: before the time budget would be overrun, or once the ranking has settled.
 
-`Pace` predicts how long the next chunk of prompts will take from the tokens scored so far, so a
-call stops *before* a chunk that would overrun its budget instead of after it. `RankingWatch`
-refits a plain ridge model after each chunk and reports convergence when the set and order of the
-top-k features stayed the same for `patience` consecutive chunks.
+A time budget counts from the call's start and covers everything up to the returned result, so
+scoring stops early enough to leave room for the work that follows it (kernel distances, the fit).
+`Rate` measures seconds per unit of work (tokens to compute for scoring, arithmetic for the fit)
+and is remembered per surrogate across calls (`pace_of`), so even a call's first chunk is sized
+from measurement; with nothing measured yet the first chunk is a single mask. `plan_chunk` picks
+how many masks to score next: as many as are predicted to finish within `PROGRESS_EVERY_S` (so
+progress, cancellation and the deadline are checked at least that often) and before the deadline.
+`RankingWatch` refits a plain ridge model at fixed mask counts and reports convergence when the set
+and order of the top-k features stayed the same for `patience` consecutive checks.
 """
 
 from __future__ import annotations
 
+import math
 import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+PROGRESS_EVERY_S = 2.0
+"""Longest predicted scoring step: progress, cancellation and the deadline are checked at least this often."""
 
-class Pace:
-    """Seconds per scored token, measured as chunks complete."""
+SAFETY = 1.5
+"""Predicted scoring time is multiplied by this before it is checked against the deadline: a step that
+overruns costs the caller more than one stopped a little early (measured on a busy 2-core CPU: a
+perturbed prompt took up to 1.3x the seconds per token of the full-prompt pass the pace came from)."""
 
-    def __init__(self, started: float, budget_s: float | None) -> None:
-        self.started = started
-        self.budget_s = budget_s
-        self.tokens = 0
-        self.seconds = 0.0
+MAX_CHUNK = 32
+"""Most masks scored in one step, however fast the surrogate is."""
 
-    def record(self, tokens: int, seconds: float) -> None:
-        self.tokens += tokens
-        self.seconds += seconds
+FINISH_S = 0.25
+"""Seconds kept for building the result after the fit (features, notes, JSON)."""
 
-    def fits(self, tokens: int) -> bool:
-        """Whether a chunk of `tokens` tokens is expected to finish inside the budget."""
-        if self.budget_s is None:
-            return True
-        elapsed = time.perf_counter() - self.started
-        expected = tokens * self.seconds / self.tokens if self.tokens else 0.0
-        return elapsed + expected <= self.budget_s
+FIT_SECONDS_PER_FLOP = 2e-9
+"""Prior for the fit's pace (0.5 GFLOP/s, slower than any machine measured) until a fit was timed."""
+
+
+class Rate:
+    """Seconds per unit of work, measured as work completes (the mean of the old rate and the newest one)."""
+
+    def __init__(self, prior: float | None = None) -> None:
+        self.seconds_per_unit = prior
+
+    def record(self, units: float, seconds: float) -> None:
+        rate = seconds / max(units, 1.0)
+        self.seconds_per_unit = rate if self.seconds_per_unit is None else (self.seconds_per_unit + rate) / 2
+
+    def predict(self, units: float) -> float | None:
+        """Seconds expected for `units` of work; None before anything was measured."""
+        return None if self.seconds_per_unit is None else units * self.seconds_per_unit
+
+
+_PACES: weakref.WeakKeyDictionary[object, Rate] = weakref.WeakKeyDictionary()
+_FIT_RATE = Rate(FIT_SECONDS_PER_FLOP)
+
+
+def pace_of(surrogate: object) -> Rate:
+    """Seconds per scored token of this surrogate, kept across calls for as long as the surrogate lives."""
+    if surrogate not in _PACES:
+        _PACES[surrogate] = Rate()
+    return _PACES[surrogate]
+
+
+MEASURABLE_FIT_FLOPS = 1e7
+"""Smaller fits take mostly fixed overhead and would overstate the pace of larger ones."""
+
+LASSO_SECONDS_PER_FIT = 0.01
+"""Generous time of one small lasso fit (scikit-learn) in the bootstrap."""
+
+
+def fit_flops(n: int, d: int, bootstrap: int) -> float:
+    """Arithmetic of a ridge/OLS fit with its bootstrap: normal equations and a solve per draw."""
+    return _fit_per_mask(d, bootstrap) * n + _fit_fixed(d, bootstrap)
+
+
+def _fit_per_mask(d: int, bootstrap: int) -> float:
+    return (bootstrap + 1) * 2.0 * d * d
+
+
+def _fit_fixed(d: int, bootstrap: int) -> float:
+    return (bootstrap + 1) * d ** 3 / 3.0
+
+
+def record_fit(n: int, d: int, bootstrap: int, seconds: float) -> None:
+    """Learn the fit's pace from a timed ridge/OLS fit (fits too small to time well are skipped)."""
+    if fit_flops(n, d, bootstrap) >= MEASURABLE_FIT_FLOPS:
+        _FIT_RATE.record(fit_flops(n, d, bootstrap), seconds)
+
+
+@dataclass
+class Deadline:
+    """The end of a time budget (a `time.perf_counter()` time, None = no limit) and the work after scoring.
+
+    `per_mask_s` is the finishing work per scored mask (kernel distances, the fit's share), `fixed_s`
+    the rest of it; scoring stops so that this work still ends before `end`.
+    """
+
+    end: float | None
+    per_mask_s: float = 0.0
+    fixed_s: float = FINISH_S
+
+    @classmethod
+    def after(cls, started: float, budget_s: float | None) -> Deadline:
+        return cls(None if budget_s is None else started + budget_s)
+
+    def remaining(self) -> float:
+        """Seconds until the end (infinite without a limit)."""
+        return math.inf if self.end is None else self.end - time.perf_counter()
+
+    def scoring_left(self, masks_after: int) -> float:
+        """Seconds scoring may still take if `masks_after` masks are to be finished afterwards."""
+        return self.remaining() - self.fixed_s - self.per_mask_s * masks_after
+
+    def leave_room_for_fit(self, d: int, solver: str, bootstrap: int) -> None:
+        """Add the fit's predicted seconds (over d features) to the work after scoring."""
+        rate = _FIT_RATE.seconds_per_unit or FIT_SECONDS_PER_FLOP
+        if solver == "lasso":  # scikit-learn's coordinate descent, once per draw
+            self.fixed_s += (bootstrap + 2) * LASSO_SECONDS_PER_FIT
+            return
+        self.per_mask_s += _fit_per_mask(d, bootstrap) * rate
+        self.fixed_s += _fit_fixed(d, bootstrap) * rate
+
+
+def plan_chunk(work: Sequence[float], pace: Rate, left: Callable[[int], float], *, first: bool,
+               limit: int = MAX_CHUNK) -> int:
+    """How many of the next masks (their scoring work, in tokens, in order) to score in one step.
+
+    As many as are predicted to finish within `PROGRESS_EVERY_S` and, with a `SAFETY` factor, within
+    `left(j)` seconds (the scoring time left when j more masks are scored); at least one in the `first` step, since
+    an explanation needs its unperturbed prompt, and exactly one then when nothing was measured yet.
+    Returns 0 when the next mask is not expected to fit.
+    """
+    if pace.seconds_per_unit is None:
+        return min(1, len(work))
+    taken, seconds = 0, 0.0
+    for units in work[:limit]:
+        seconds += pace.predict(units) or 0.0
+        if taken and seconds > PROGRESS_EVERY_S:
+            break
+        if seconds * SAFETY > left(taken + 1):
+            break
+        taken += 1
+    return max(taken, 1) if first and work else taken
 
 
 class RankingWatch:
-    """Convergence of the top-k attribution ranking between successive chunks."""
+    """Convergence of the top-k attribution ranking between successive checks."""
 
     def __init__(self, top_k: int = 5, patience: int = 2, min_samples: int | None = None) -> None:
         self.top_k = top_k

@@ -1,4 +1,10 @@
-"""Command line: `ropelime explain`, `ropelime verify`, `ropelime eval`, `ropelime audit`, `ropelime models`, `ropelime serve`."""
+"""Command line: `ropelime explain`, `ropelime verify`, `ropelime eval`, `ropelime audit`, `ropelime models`,
+`ropelime serve`.
+
+Arguments and output paths are checked before torch is imported or a model loaded. Exit codes:
+0 done, 2 a usage or input mistake (the one-line message says what to fix), 1 a failure at run
+time (a closed-model provider error, an unexpected error, an audit with failed requests), 130 interrupted.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,15 @@ import json
 import logging
 import os
 import sys
+import time
 from importlib.resources import files
 from pathlib import Path
 from typing import get_args
 
+from pydantic import ValidationError
+
 from ropelime.catalogue import AUTO
+from ropelime.errors import InputError
 from ropelime.schema import (ExplainConfig, Granularity, Kernel, KernelCost, Perturbation, PromptFormatChoice, Sampler,
                              SizeDistribution, Solver, Target)
 
@@ -23,8 +33,39 @@ SURROGATE_HELP = ("a catalogued name (ropelime models; default gemma3-270m), 'au
 def _read(path: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise SystemExit(f"error: cannot read {path}: {error}") from error
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error.strerror or error}.") from None
+    except UnicodeDecodeError:
+        raise InputError(f"cannot read {path}: it is not UTF-8 text.") from None
+
+
+_FLAGS = {"time_budget_s": "--time-budget", "segments": "--segment"}
+"""ExplainConfig fields whose CLI option is not --<field-with-dashes>."""
+
+
+def config_problem(error: ValidationError) -> str:
+    """A ValidationError of the method options as one line naming the CLI options (no pydantic URLs)."""
+    problems = []
+    for e in error.errors():
+        field = str(e["loc"][0]) if e["loc"] else "option"
+        flag = _FLAGS.get(field, "--" + field.replace("_", "-"))
+        message = e["msg"].replace("Input should be", "must be").replace("Value error, ", "")
+        problems.append(f"{flag} {message}, got {e.get('input')!r}")
+    return "; ".join(problems) + "."
+
+
+def check_output(path: str | None, option: str) -> None:
+    """Refuse an output file that cannot be written, before any work."""
+    if path is None:
+        return
+    target = Path(path).expanduser()
+    folder = target.parent
+    if target.is_dir():
+        raise InputError(f"{option} {path} is a directory; give a file name, e.g. {target / 'out.html'}.")
+    if not folder.is_dir():
+        raise InputError(f"{option} {path}: the folder {folder} does not exist; create it or choose another path.")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{option} {path}: the folder {folder} is not writable; choose another path.")
 
 
 def _method_options(m) -> None:
@@ -97,12 +138,12 @@ def _inputs(args) -> tuple[str, str | None, str | None, str | None]:
         demo = json.loads(DEMO.joinpath("demo.json").read_text(encoding="utf-8"))
         return demo["prompt"], demo["explain"], demo["response"], None
     if bool(args.prompt) == bool(args.prompt_file):
-        raise SystemExit("error: give exactly one of --prompt, --prompt-file (or --demo)")
+        raise InputError("give exactly one of --prompt, --prompt-file (or --demo).")
     prompt = args.prompt if args.prompt is not None else _read(args.prompt_file)
     response = args.response if args.response is not None else (
         _read(args.response_file) if args.response_file else None)
     if response is None and not args.model:
-        raise SystemExit("error: give --response/--response-file, or --model to ask a closed model once")
+        raise InputError("give --response/--response-file, or --model to ask a closed model once.")
     return prompt, args.explain, response, args.system
 
 
@@ -111,23 +152,33 @@ def _segments(args) -> list[tuple[int, int]] | None:
         return None
     try:
         return [tuple(int(x) for x in s.split(":", 1)) for s in args.segment]
-    except ValueError as error:
-        raise SystemExit("error: --segment takes START:END character offsets, e.g. --segment 0:120") from error
+    except ValueError:
+        raise InputError("--segment takes START:END character offsets, e.g. --segment 0:120.") from None
 
 
 def run_explain(args) -> int:
+    started = time.perf_counter()  # the time budget counts from here: model loading included
+    prompt, part, response, system = _inputs(args)
+    try:
+        config = _method_config(args, granularity="segments" if args.segment else args.granularity,
+                                budget=args.budget, time_budget_s=args.time_budget,
+                                converge_top_k=args.converge_top_k, segments=_segments(args))
+    except ValidationError as error:
+        raise InputError(config_problem(error)) from None
+    if args.top < 1:
+        raise InputError(f"--top must be at least 1, got {args.top}.")
+    check_output(args.html, "--html")
+    from ropelime.verify import check_request
+
+    check_request(args.verify, args.model)
+
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ropelime.explain import explain, load_surrogate
     from ropelime.store import ExplanationStore
-    from ropelime.verify import check_request
 
-    check_request(args.verify, args.model)
-    prompt, part, response, system = _inputs(args)
-    config = _method_config(args, granularity="segments" if args.segment else args.granularity, budget=args.budget,
-                            time_budget_s=args.time_budget, converge_top_k=args.converge_top_k,
-                            segments=_segments(args))
+    _quiet_libraries(args)
     err = Console(stderr=True)
     if args.device:
         os.environ["ROPELIME_DEVICE"] = args.device  # --device overrides $ROPELIME_DEVICE for this run
@@ -138,7 +189,7 @@ def run_explain(args) -> int:
                   console=err, transient=True) as bar:
         task = bar.add_task("scoring", total=None)
         result = explain(prompt, response, model=args.model, system=system, explain=part, config=config,
-                         surrogate=surrogate, api_base=args.api_base, verify=args.verify,
+                         surrogate=surrogate, api_base=args.api_base, verify=args.verify, started=started,
                          progress=lambda done, total: bar.update(task, completed=done, total=total))
     ExplanationStore().save(result)
     hint = "" if result.verification else f"; check its top features with the closed model: ropelime verify {result.id}"
@@ -226,8 +277,17 @@ def _eval_parser(sub) -> None:
 
 
 def run_eval(args, argv: list[str]) -> int:
+    if args.budget != "d" and not (args.budget.isdigit() and int(args.budget) > 0):
+        raise InputError(f"--budget takes a positive whole number or 'd', got {args.budget!r}.")
+    budget = "d" if args.budget == "d" else int(args.budget)
+    if args.transfer and not args.closed_local:
+        raise InputError("--transfer needs --closed-local MODEL: the stand-in's own leave-one-out is computed locally.")
+    try:
+        config = _method_config(args)
+    except ValidationError as error:
+        raise InputError(config_problem(error)) from None
+
     import contextlib
-    import os
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -236,14 +296,10 @@ def run_eval(args, argv: list[str]) -> int:
     from ropelime.evaluate import DATA_FILES, Closed, load_items, run_evaluation
     from ropelime.explain import load_surrogate
 
-    if args.transfer and not args.closed_local:
-        raise SystemExit("error: --transfer needs --closed-local MODEL: the stand-in's own leave-one-out is computed "
-                         "locally")
-    budget = "d" if args.budget == "d" else int(args.budget)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     items = load_items(args.task, Path(args.data or Path("..") / "shared" / "data" / DATA_FILES[args.task]),
                        limit=args.limit, layout=args.layout, answer_part=args.answer_part)
-    config = _method_config(args)
+    _quiet_libraries(args)
     err = Console(stderr=True)
     with err.status("loading the surrogate"):
         surrogate = load_surrogate(args.surrogate, args.device)
@@ -369,6 +425,14 @@ def run_audit(args) -> int:
     return 1 if summary.errors else 0
 
 
+def _quiet_libraries(args) -> None:
+    """Without -v, turn off the libraries' own progress bars (imports transformers: only when a model loads)."""
+    if not args.verbose:
+        from ropelime.settings import hide_library_progress_bars
+
+        hide_library_progress_bars()
+
+
 def run_models(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -436,15 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        from ropelime.settings import hide_library_progress_bars
-
-        hide_library_progress_bars()
-
-    from pydantic import ValidationError
-
     from ropelime.closed import ClosedModelError
-    from ropelime.errors import InputError
 
     try:
         if args.command == "eval":
@@ -452,9 +508,15 @@ def main(argv: list[str] | None = None) -> int:
             return run_eval(args, given[given.index("eval") + 1:])
         return {"explain": run_explain, "verify": run_verify, "models": run_models, "serve": run_serve,
                 "audit": run_audit}[args.command](args)
-    except (InputError, ClosedModelError, ValidationError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except InputError as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    except ValidationError as error:
+        print(f"error: {config_problem(error)}", file=sys.stderr)
+        return 2
+    except ClosedModelError as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; scores computed so far are cached", file=sys.stderr)
         return 130

@@ -16,21 +16,20 @@ import io
 import itertools
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, Field
-from scipy.stats import spearmanr
 
-from ropelime.cache import ScoreCache
-from ropelime.errors import InputError
-from ropelime.explain import Cancelled, Progress, explanation_id, load_surrogate
-from ropelime.explain import explain as run_explain
-from ropelime.features import find_explain_span, split_features
-from ropelime.faithfulness import default_k, evaluate_faithfulness, scores_vector
+from ropelime.errors import Cancelled, InputError, OutOfTime
 from ropelime.schema import ExplainConfig, Explanation, Sampler
-from ropelime.settings import cache_dir
-from ropelime.store import ExplanationStore
-from ropelime.surrogate import Surrogate
+
+if TYPE_CHECKING:  # the engine (torch) loads when a comparison runs, not when its result types are imported
+    from ropelime.cache import ScoreCache
+    from ropelime.store import ExplanationStore
+    from ropelime.surrogate import Surrogate
+
+Progress = Callable[[int, int], None]
 
 DEFAULT_SAMPLERS: tuple[Sampler, ...] = ("sparse_k", "loo", "bernoulli")
 DEFAULT_BUDGETS: tuple[int, ...] = (16, 32, 64)
@@ -89,11 +88,13 @@ class Comparison(BaseModel):
     k: int = Field(description="features in the top-k removal test and the top-k overlaps")
     heldout_masks: int
     complete: bool = Field(description="False when the time budget ran out before every run finished")
+    runs_planned: int = Field(0, description="runs in the grid (samplers × budgets × seeds)")
     results: list[SamplerResult]
     agreement: list[Agreement]
     runs: list[Run]
     closed_model_calls: int
-    surrogate_passes: int = Field(description="forward passes this call spent (cached scores cost none)")
+    surrogate_passes: int = Field(description="forward passes this call spent, unfinished runs included "
+                                  "(cached scores cost none)")
     seconds: float
     notes: list[str] = Field(default_factory=list)
 
@@ -102,6 +103,8 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float | None:
     """Spearman correlation; None when either side is constant."""
     if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
+    from scipy.stats import spearmanr
+
     return float(spearmanr(a, b).statistic)
 
 
@@ -144,19 +147,29 @@ def compare_samplers(
     api_base: str | None = None,
     closed_timeout: float = 60.0,
     store: ExplanationStore | None = None,
+    started: float | None = None,
     **options,
 ) -> Comparison:
     """Explain `response` (or `model`'s answer, asked once) with every sampler, budget and seed and compare.
 
     `explain` is the substring to attribute; `options` are further `ExplainConfig` fields
-    (granularity, target, kernel, ...). With `time_budget_s` the grid stops when the time is up
-    (smallest budgets first) and the result says it is incomplete; calling again resumes from the
-    cached scores. With a `store`, every finished run's explanation is saved there and a run
+    (granularity, target, kernel, ...). With `time_budget_s` (counted from `started`, a
+    `time.perf_counter()` time, default now) the grid stops in time to return within it (smallest
+    budgets first), with the runs that finished, and says it is incomplete; calling again resumes
+    from the cached scores. With a `store`, every finished run's explanation is saved there and a run
     already in it is reused, so calling again does not re-fit finished runs.
     Raises InputError, ClosedModelError, Cancelled.
     """
-    started = time.perf_counter()
-    deadline = None if time_budget_s is None else started + time_budget_s
+    from ropelime.anytime import Deadline
+    from ropelime.explain import explain as run_explain
+    from ropelime.explain import explanation_id, load_surrogate
+    from ropelime.faithfulness import default_k, evaluate_faithfulness
+    from ropelime.features import find_explain_span, split_features
+    from ropelime.settings import cache_dir
+    from ropelime.surrogate import Surrogate
+
+    started = time.perf_counter() if started is None else started
+    deadline = Deadline.after(started, time_budget_s)
     samplers, budgets, seeds = list(dict.fromkeys(samplers)), sorted(set(budgets)), list(dict.fromkeys(seeds))
     if not samplers or not budgets or not seeds:
         raise InputError("give at least one sampler, one budget and one seed.")
@@ -175,8 +188,8 @@ def compare_samplers(
             raise InputError("give the response to explain, or a model to get it from.")
         from ropelime.closed import fetch_response
 
-        fetched = fetch_response(model, prompt, system, cache_dir=cache_dir(), timeout=closed_timeout,
-                                 api_base=api_base)
+        fetched = fetch_response(model, prompt, system, cache_dir=cache_dir(), api_base=api_base,
+                                 timeout=min(closed_timeout, max(1.0, deadline.remaining())))
         response, closed_calls, source = fetched.text, 0 if fetched.cached else 1, "closed_model"
     if not isinstance(surrogate, Surrogate):
         surrogate = load_surrogate(surrogate)
@@ -184,34 +197,41 @@ def compare_samplers(
     grid = [(b, s, seed) for b in budgets for s in samplers for seed in seeds]
     runs: list[Run] = []
     explanations: dict[tuple[int, str, int], Explanation] = {}
-    complete, notes = True, []
+    complete, notes, spent = True, [], 0  # spent: every surrogate pass of this call, unfinished runs included
     for done, (budget, sampler, seed) in enumerate(grid):
         if progress:
             progress(done, len(grid))
         if should_stop and should_stop():
             raise Cancelled(f"cancelled after {done} of {len(grid)} runs (scores kept in the cache)")
-        remaining = None if deadline is None else deadline - time.perf_counter()
-        if remaining is not None and remaining <= 0:
+        if deadline.remaining() <= deadline.fixed_s:
             complete = False
             break
         run_started, passes = time.perf_counter(), 0
         run_config = config.model_copy(update={"sampler": sampler, "budget": budget, "seed": seed,
-                                               "time_budget_s": remaining})
-        run_id = explanation_id(prompt, system, span, response, run_config, surrogate.name)
+                                               "time_budget_s": time_budget_s})
+        run_id = explanation_id(prompt, system, span, response, run_config, surrogate.name, d=d)
         result = store.get(run_id) if store else None
         if result is None or not result.diagnostics.complete:
             result = run_explain(prompt, response, system=system, explain=explain, config=run_config,
-                                 surrogate=surrogate, cache=cache, should_stop=should_stop)
+                                 surrogate=surrogate, cache=cache, should_stop=should_stop, started=started)
             passes = result.cost.surrogate_forward_passes
+            spent += passes
             if not result.diagnostics.complete:
                 complete = False
                 break
             if store:
                 store.save(result)
-            if deadline is not None and time.perf_counter() > deadline:  # its faithfulness check comes next call
-                complete = False
-                break
-        faith = evaluate_faithfulness(result, heldout=heldout, k=k, seed=0, surrogate=surrogate, cache=cache)
+        if deadline.remaining() <= deadline.fixed_s:  # its faithfulness check comes next call
+            complete = False
+            break
+        try:
+            faith = evaluate_faithfulness(result, heldout=heldout, k=k, seed=0, surrogate=surrogate, cache=cache,
+                                          deadline=deadline)
+        except OutOfTime as stopped:
+            spent += stopped.surrogate_passes
+            complete = False
+            break
+        spent += faith.cost.surrogate_forward_passes
         explanations[budget, sampler, seed] = result
         runs.append(Run(sampler=sampler, budget=budget, seed=seed, explanation_id=result.id,
                         samples=result.diagnostics.samples, lds=faith.lds, topk_drop=faith.topk_drop,
@@ -229,14 +249,16 @@ def compare_samplers(
     return Comparison(
         response=response, response_source=source, closed_model=model if source == "closed_model" else None,
         features=d, k=k,
-        heldout_masks=heldout, complete=complete, results=results,
+        heldout_masks=heldout, complete=complete, runs_planned=len(grid), results=results,
         agreement=_agreement(explanations, budgets, samplers, seeds, k), runs=runs,
-        closed_model_calls=closed_calls, surrogate_passes=sum(r.surrogate_passes for r in runs),
+        closed_model_calls=closed_calls, surrogate_passes=spent,
         seconds=round(time.perf_counter() - started, 3), notes=notes,
     )
 
 
 def _per_sampler(runs: list[Run], explanations: dict[tuple[int, str, int], Explanation], k: int) -> list[SamplerResult]:
+    from ropelime.faithfulness import scores_vector
+
     results = []
     for (budget, sampler), group in itertools.groupby(runs, key=lambda r: (r.budget, r.sampler)):
         group = list(group)
@@ -252,6 +274,8 @@ def _per_sampler(runs: list[Run], explanations: dict[tuple[int, str, int], Expla
 
 def _agreement(explanations: dict[tuple[int, str, int], Explanation], budgets: list[int], samplers: list[str],
                seeds: list[int], k: int) -> list[Agreement]:
+    from ropelime.faithfulness import scores_vector
+
     rows = []
     for budget, (a, b) in itertools.product(budgets, itertools.combinations(samplers, 2)):
         pairs = [(scores_vector(explanations[budget, a, s]), scores_vector(explanations[budget, b, s]))

@@ -13,14 +13,16 @@ from pathlib import Path
 import numpy as np
 
 from ropelime import catalogue
-from ropelime.anytime import Pace, RankingWatch
+from ropelime.anytime import MAX_CHUNK, Deadline, RankingWatch, pace_of, plan_chunk, record_fit
 from ropelime.cache import ScoreCache, digest
-from ropelime.errors import InputError
+from ropelime.errors import Cancelled, InputError, OutOfTime
 from ropelime.features import find_explain_span, split_features
-from ropelime.fit import fit_linear
-from ropelime.kernels import kernel_weights, rwmd
+from ropelime.fit import DEFAULT_ALPHA, fit_linear
+from ropelime.kernels import DEFAULT_WIDTH, kernel_weights, rwmd
 from ropelime.perturb import perturb_tokens
-from ropelime.samplers import sample_masks
+from ropelime.prefix_cache import shared_length
+from ropelime.reliability import assess
+from ropelime.samplers import default_k, sample_masks
 from ropelime.schema import Cost, Diagnostics, ExplainConfig, Explanation, FeatureScore, KernelCost, SurrogateInfo
 from ropelime.settings import Limits, cache_dir
 from ropelime.surrogate import EncodedPrompt, Surrogate, TokenScores
@@ -28,14 +30,14 @@ from ropelime.targets import SUPPORT_SIGN, target_vector
 
 log = logging.getLogger(__name__)
 
-CHUNK = 8
-"""Masks scored per step: the granularity of progress reports, time-budget checks and cancellation."""
+CONVERGE_EVERY = 8
+"""With converge_top_k: masks scored between two checks of the top-k ranking (fixed, so the result
+does not depend on the machine's speed)."""
+
+BOOTSTRAP = 200
+"""Bootstrap draws of the fit's intervals."""
 
 Progress = Callable[[int, int], None]
-
-
-class Cancelled(Exception):
-    """Raised when `should_stop` asks to stop; every score computed so far is already cached."""
 
 
 def load_surrogate(name: str | None = None, device: str | None = None, dtype: str | None = None) -> Surrogate:
@@ -110,6 +112,7 @@ def explain(
     cached_only: bool = False,
     limits: Limits | None = None,
     verify: int = 0,
+    started: float | None = None,
     **options,
 ) -> Explanation:
     """Explain which parts of `prompt` support `response` (or `model`'s answer to it).
@@ -120,14 +123,17 @@ def explain(
     the cache and runs no surrogate pass. `limits` caps features and tokens (default: from the
     environment, see `Limits`). `verify=K` then checks the top K supporting features with `model`
     itself (K + 1 more calls, see `ropelime.verify`) once scoring is complete, with the time left in
-    the time budget (scoring comes first; a repeat continues both from the caches).
+    the time budget (scoring comes first; a repeat continues both from the caches). The time budget
+    counts from `started` (a `time.perf_counter()` time; default: now), so a caller that waited for
+    the model can count that wait too.
     """
     from ropelime.verify import check_request, verify as verify_top
 
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     config = (config or ExplainConfig()).model_copy(update=options)
     config = ExplainConfig.model_validate(config.model_dump())
     limits = limits or Limits.from_env()
+    deadline = Deadline.after(started, config.time_budget_s)
     for name, text in [("prompt", prompt), ("response", response), ("system prompt", system),
                        ("text to explain", explain), ("output_span", output_span)]:
         check_text(name, text)
@@ -142,8 +148,8 @@ def explain(
             raise InputError("give the response to explain, or a model to get it from.")
         from ropelime.closed import fetch_response  # litellm is slow to import: only when needed
 
-        reference = fetch_response(model, prompt, system, cache_dir=cache_dir(),
-                                   timeout=closed_timeout, api_base=api_base)
+        reference = fetch_response(model, prompt, system, cache_dir=cache_dir(), api_base=api_base,
+                                   timeout=min(closed_timeout, max(1.0, deadline.remaining())))
         cost.closed_model_calls = 0 if reference.cached else 1
         if response is None:
             response, cost.closed_model_usage = reference.text, reference.usage
@@ -160,12 +166,19 @@ def explain(
     positions = output_positions(surrogate, response, output_span)
 
     d = len(features)
+    config = resolve_config(config, d)
     planned_masks = np.vstack([np.ones((1, d), dtype=bool),
                                sample_masks(d, config.sampler, config.budget, k=config.k, sizes=config.sizes,
                                             seed=config.seed)])
     encoded = surrogate.encode_prompt(prompt, system, [(f.start, f.end) for f in features], config.prompt_format)
     check_lengths(len(encoded.ids), len(surrogate.encode_response(response)), limits)
-    deadline = None if config.time_budget_s is None else started + config.time_budget_s
+    base_vectors = surrogate.rope_vectors(encoded.ids, encoded.prompt_tokens) if config.kernel == "rwmd_rope" else None
+    if deadline.end is not None:
+        deadline.leave_room_for_fit(d, config.solver, BOOTSTRAP)
+    if deadline.end is not None and base_vectors is not None:  # time one distance: scoring leaves room for them all
+        distance_started = time.perf_counter()
+        rwmd(base_vectors, surrogate.rope_vectors(encoded.ids, encoded.prompt_tokens), config.kernel_cost)
+        deadline.per_mask_s += time.perf_counter() - distance_started
     scored, rows, perturbed, stopped = score_masks(
         encoded, response, planned_masks, config=config, surrogate=surrogate, cache=cache, progress=progress,
         should_stop=should_stop, deadline=deadline, cost=cost, cached_only=cached_only, positions=positions)
@@ -173,12 +186,16 @@ def explain(
         raise InputError("no cached scores for this explanation (the cache was cleared or the surrogate "
                          "differs); run the explanation again.")
     masks, planned = planned_masks[scored], len(planned_masks)
-    distances = rwmd_distances(surrogate, encoded, [perturbed[i] for i in scored], config.kernel_cost) \
-        if config.kernel == "rwmd_rope" else None
+    distances = rwmd_distances(surrogate, encoded, [perturbed[i] for i in scored], config.kernel_cost,
+                               base=base_vectors) if base_vectors is not None else None
     y = target_vector(rows, config.target, positions)
     weights = kernel_weights(config.kernel, masks, width=config.kernel_width, rwmd_distances=distances,
                              normalise=config.kernel_normalise)
-    fit = fit_linear(masks, y, weights, solver=config.solver, alpha=config.alpha, seed=config.seed)
+    fit_started = time.perf_counter()
+    fit = fit_linear(masks, y, weights, solver=config.solver, alpha=config.alpha, seed=config.seed,
+                     bootstrap=BOOTSTRAP)
+    if config.solver != "lasso":
+        record_fit(len(masks), d, BOOTSTRAP, time.perf_counter() - fit_started)
     sign = SUPPORT_SIGN[config.target]
     scores = sign * fit.coef
     low, high = sorted_pair(sign * fit.ci_low, sign * fit.ci_high)
@@ -190,6 +207,10 @@ def explain(
     if untokenised:
         notes.append(f"features {untokenised} share tokens with a neighbour; their scores are 0")
     complete = len(rows) == planned
+    if config.sampler != "loo" and planned - 1 < config.budget:
+        notes.append(f"only {planned - 1} distinct perturbations exist for {d} features with {config.sampler}"
+                     + (f" (k = {config.k})" if config.sampler == "sparse_k" else "")
+                     + f", fewer than the budget of {config.budget}; all of them are scored")
     if stopped == "converged":
         notes.append(f"the top-{config.converge_top_k} ranking settled after {len(rows)} of {planned} samples; "
                      "scoring stopped early")
@@ -200,9 +221,17 @@ def explain(
         notes.append(f"verifying the top {verify} features waits for the complete explanation: call again to "
                      "continue and verify")
     base_nll = float(-rows[0].logp[positions].mean())
+    scored_features = [
+        FeatureScore(**f.model_dump(), score=float(scores[i]), ci_low=float(low[i]), ci_high=float(high[i]),
+                     rank=int(ranks[i]))
+        for i, f in enumerate(features)
+    ]
+    diagnostics = Diagnostics(r2=fit.r2, samples=len(rows), planned_samples=planned, complete=complete,
+                              surrogate_nll=base_nll, notes=notes)
+    diagnostics.reliability = assess(diagnostics, scored_features)
     cost.seconds = round(time.perf_counter() - started, 3)
     explanation = Explanation(
-        id=explanation_id(prompt, system, span, response, config, surrogate.name, output_span),
+        id=explanation_id(prompt, system, span, response, config, surrogate.name, output_span, d=d),
         prompt=prompt,
         system=system,
         explain_start=span[0],
@@ -211,14 +240,9 @@ def explain(
         response_source=source,
         output_span=output_span,
         closed_model=model if source == "closed_model" else None,
-        features=[
-            FeatureScore(**f.model_dump(), score=float(scores[i]), ci_low=float(low[i]), ci_high=float(high[i]),
-                         rank=int(ranks[i]))
-            for i, f in enumerate(features)
-        ],
+        features=scored_features,
         config=config,
-        diagnostics=Diagnostics(r2=fit.r2, samples=len(rows), planned_samples=planned, complete=complete,
-                                surrogate_nll=base_nll, notes=notes),
+        diagnostics=diagnostics,
         cost=cost,
         surrogate=SurrogateInfo(**surrogate.info(), prompt_format=surrogate.prompt_format(config.prompt_format),
                                 chosen_because=chosen_because),
@@ -228,7 +252,7 @@ def explain(
     if not verify_now:
         return explanation
     return verify_top(explanation, verify, model=model, reference=reference, api_base=api_base, timeout=closed_timeout,
-                      deadline=deadline, should_stop=should_stop)
+                      deadline=deadline.end, should_stop=should_stop)
 
 
 def check_text(name: str, text: str | None) -> None:
@@ -257,10 +281,32 @@ def sorted_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.minimum(a, b), np.maximum(a, b)
 
 
+def resolve_config(config: ExplainConfig, d: int) -> ExplainConfig:
+    """The config with the values an explanation over d features uses in place of None: sparse_k's k,
+    the ridge/lasso alpha and the kernel width (None stays where the option does not apply)."""
+    resolved = {
+        "k": min(config.k or default_k(d), max(d - 1, 1)) if config.sampler == "sparse_k" else config.k,
+        "alpha": DEFAULT_ALPHA[config.solver] if config.alpha is None and config.solver != "ols" else config.alpha,
+        "kernel_width": DEFAULT_WIDTH[config.kernel] if config.kernel_width is None and config.kernel != "uniform"
+        else config.kernel_width,
+    }
+    return config.model_copy(update=resolved)
+
+
+def _identity_config(config: ExplainConfig, d: int) -> ExplainConfig:
+    """The config with resolved values that equal the defaults written as None, so that a config and its
+    resolved copy (`resolve_config`) name the same explanation."""
+    defaults = resolve_config(config.model_copy(update={"k": None, "alpha": None, "kernel_width": None}), d)
+    resolved = resolve_config(config, d)
+    return resolved.model_copy(update={name: None for name in ("k", "alpha", "kernel_width")
+                                       if getattr(resolved, name) == getattr(defaults, name)})
+
+
 def explanation_id(prompt: str, system: str | None, span: tuple[int, int], response: str,
-                   config: ExplainConfig, surrogate_name: str, output_span: str | None = None) -> str:
-    """Content hash of the inputs and method (the time budget does not change the result's identity)."""
-    method = config.model_dump(exclude={"time_budget_s"})
+                   config: ExplainConfig, surrogate_name: str, output_span: str | None = None, *, d: int) -> str:
+    """Content hash of the inputs and method over d features (the time budget does not change the result's
+    identity, nor does writing a default value out)."""
+    method = _identity_config(config, d).model_dump(exclude={"time_budget_s"})
     parts = [prompt, system, span, response, sorted(method.items()), surrogate_name]
     return digest(*parts, *([output_span] if output_span is not None else []))[:16]
 
@@ -301,18 +347,21 @@ def score_masks(
     cost: Cost,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
-    deadline: float | None = None,
+    deadline: Deadline | None = None,
     cached_only: bool = False,
     positions: slice | np.ndarray = slice(None),
 ) -> tuple[list[int], list[TokenScores], list[tuple[list[int], np.ndarray]], str | None]:
-    """Score the response after the perturbed prompt of each mask, chunk by chunk, through the cache.
+    """Score the response after the perturbed prompt of each mask, step by step, through the cache.
 
     Returns the indices of the scored masks (in order), their scores, every mask's perturbed
     token ids with the positions of its prompt tokens, and why scoring stopped early ("time budget",
-    "converged") or None. Scoring stops before a chunk expected to end
-    after `deadline` (`time.perf_counter()` seconds; at least one chunk is always scored), or, with
-    `config.converge_top_k`, once the top-k ranking (target over `positions`) has settled; with
-    `cached_only` nothing is scored and only cached masks are returned. `cost` is updated in place.
+    "converged") or None. Each step scores as many masks as the surrogate's measured pace predicts
+    to finish within a few seconds and before `deadline` leaves too little time for the work after
+    scoring (see `ropelime.anytime`; the first step always scores the unperturbed prompt); progress
+    is reported after every batch and `should_stop` checked between batches. With
+    `config.converge_top_k` scoring stops once the top-k ranking (target over `positions`) has
+    settled; with `cached_only` nothing is scored and only cached masks are returned. `cost` is
+    updated in place.
     """
     response_ids = surrogate.encode_response(response)
     perturbed = [perturb_tokens(encoded, m, config.perturb, surrogate.placeholder_id) for m in masks]
@@ -326,49 +375,65 @@ def score_masks(
     if progress:
         progress(done, len(masks))
     todo = [] if cached_only else [i for i, r in enumerate(rows) if r is None]
-    reference, stopped = None, None
-    pace = Pace(time.perf_counter(), None if deadline is None else deadline - time.perf_counter())
+    deadline = deadline or Deadline(None)
+    pace = pace_of(surrogate)
+    # tokens each mask must compute: those after the start it shares with the prompt (reused), and the response
+    work = [len(ids) - shared_length(encoded.ids, ids) + len(response_ids) for ids, _ in perturbed]
     watch = RankingWatch(config.converge_top_k) if config.converge_top_k else None
-    for start in range(0, len(todo), CHUNK):
+    reference, stopped, position = None, None, 0
+    while position < len(todo):
         if should_stop and should_stop():
             raise Cancelled(f"cancelled after {done} of {len(masks)} samples (scores kept in the cache)")
-        chunk = todo[start:start + CHUNK]
-        chunk_tokens = sum(len(perturbed[i][0]) + len(response_ids) for i in chunk)
-        if start > 0 and not pace.fits(chunk_tokens):
+        upcoming = [work[i] for i in todo[position:]]
+        if reference is None:
+            upcoming[0] += len(encoded.ids) + len(response_ids)  # the unperturbed prompt's full pass comes first
+        limit = min(MAX_CHUNK, CONVERGE_EVERY - position % CONVERGE_EVERY if watch else MAX_CHUNK)
+        scored_before = done
+        take = plan_chunk(upcoming, pace, lambda j: deadline.scoring_left(scored_before + j),
+                          first=position == 0, limit=limit)
+        if take == 0:
             stopped = "time budget"
             break
+        chunk = todo[position:position + take]
         chunk_started = time.perf_counter()
         if reference is None:
             reference = surrogate.reference(encoded.ids, response_ids)
             cost.surrogate_forward_passes += 1
         new: dict[str, TokenScores] = {}
-        for batch, batch_scores in surrogate.iter_scores([perturbed[i][0] for i in chunk], response_ids,
-                                                         reference=reference):
-            cost.surrogate_forward_passes += 1
-            for j, scores in zip(batch, batch_scores):
-                i = chunk[j]
-                rows[i] = scores
-                new[keys[i]] = scores
-                cost.tokens_scored += len(perturbed[i][0]) + len(response_ids)
-        cache.put_many(context, new)
-        pace.record(chunk_tokens, time.perf_counter() - chunk_started)
-        done += len(chunk)
-        if progress:
-            progress(done, len(masks))
-        if watch is not None:
+        finished = 0
+        try:
+            for batch, batch_scores in surrogate.iter_scores([perturbed[i][0] for i in chunk], response_ids,
+                                                             reference=reference):
+                cost.surrogate_forward_passes += 1
+                for j, scores in zip(batch, batch_scores):
+                    i = chunk[j]
+                    rows[i] = scores
+                    new[keys[i]] = scores
+                    cost.tokens_scored += len(perturbed[i][0]) + len(response_ids)
+                done, finished = done + len(batch), finished + len(batch)
+                if progress:
+                    progress(done, len(masks))
+                if should_stop and should_stop() and finished < len(chunk):
+                    raise Cancelled(f"cancelled after {done} of {len(masks)} samples (scores kept in the cache)")
+        finally:
+            cache.put_many(context, new)
+        pace.record(sum(upcoming[:take]), time.perf_counter() - chunk_started)
+        position += take
+        if watch is not None and (position % CONVERGE_EVERY == 0 or position == len(todo)):
             so_far = [i for i, r in enumerate(rows) if r is not None]
             if watch.update(masks[so_far], target_vector([rows[i] for i in so_far], config.target, positions),
                             SUPPORT_SIGN[config.target]):
-                stopped = "converged" if start + CHUNK < len(todo) else None
+                stopped = "converged" if position < len(todo) else None
                 break
     scored = [i for i, r in enumerate(rows) if r is not None]
     return scored, [rows[i] for i in scored], perturbed, stopped
 
 
 def rwmd_distances(surrogate: Surrogate, encoded: EncodedPrompt, perturbed: list[tuple[list[int], np.ndarray]],
-                   cost: KernelCost = "euclidean") -> np.ndarray:
-    """RWMD in RoPE embedding space between the prompt's tokens and each perturbed prompt's tokens."""
-    base = surrogate.rope_vectors(encoded.ids, encoded.prompt_tokens)
+                   cost: KernelCost = "euclidean", base=None) -> np.ndarray:
+    """RWMD in RoPE embedding space between the prompt's tokens (`base`: their RoPE vectors, when
+    already computed) and each perturbed prompt's tokens."""
+    base = surrogate.rope_vectors(encoded.ids, encoded.prompt_tokens) if base is None else base
     return np.array([rwmd(base, surrogate.rope_vectors(ids, keep), cost) for ids, keep in perturbed])
 
 
@@ -379,11 +444,13 @@ def mask_targets(
     surrogate: Surrogate | str | None = None,
     cache: ScoreCache | None = None,
     should_stop: Callable[[], bool] | None = None,
+    deadline: Deadline | None = None,
 ) -> tuple[np.ndarray, Cost]:
     """The target value of each mask (rows over the explanation's features, True = kept) under the
     explanation's inputs and method, scored through the cache; and what that cost.
 
     Positive support is `SUPPORT_SIGN[target] * value`. Used for faithfulness checks on held-out masks.
+    Raises OutOfTime when `deadline` comes before every mask is scored (those scored stay cached).
     """
     if not isinstance(surrogate, Surrogate):
         surrogate = load_surrogate(surrogate or explanation.surrogate.name)
@@ -392,8 +459,12 @@ def mask_targets(
     started, cost = time.perf_counter(), Cost()
     encoded = surrogate.encode_prompt(explanation.prompt, explanation.system, spans, explanation.config.prompt_format)
     every_mask = explanation.config.model_copy(update={"converge_top_k": None})
-    _, rows, _, _ = score_masks(encoded, explanation.response, masks, config=every_mask, surrogate=surrogate,
-                                cache=cache or default_cache(), cost=cost, should_stop=should_stop)
+    _, rows, _, stopped = score_masks(encoded, explanation.response, masks, config=every_mask, surrogate=surrogate,
+                                      cache=cache or default_cache(), cost=cost, should_stop=should_stop,
+                                      deadline=deadline)
+    if stopped == "time budget":
+        raise OutOfTime(f"time budget reached after {len(rows)} of {len(masks)} masks (scores kept in the cache)",
+                        cost.surrogate_forward_passes)
     positions = output_positions(surrogate, explanation.response, explanation.output_span)
     cost.seconds = round(time.perf_counter() - started, 3)
     return target_vector(rows, explanation.config.target, positions), cost

@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from scipy.stats import spearmanr
 
+from ropelime.anytime import Deadline
 from ropelime.cache import ScoreCache
 from ropelime.explain import mask_targets
 from ropelime.samplers import sample_masks
@@ -81,8 +82,11 @@ def evaluate_faithfulness(
     seed: int = 0,
     surrogate: Surrogate | str | None = None,
     cache: ScoreCache | None = None,
+    deadline: Deadline | None = None,
 ) -> Faithfulness:
-    """LDS on `heldout` random masks and the top-k vs random-k removal drop, scored through the cache."""
+    """LDS on `heldout` random masks and the top-k vs random-k removal drop, scored through the cache.
+
+    Raises OutOfTime when `deadline` comes first (the masks scored so far stay cached)."""
     d = len(explanation.features)
     if d < 2:
         raise ValueError("faithfulness needs at least two features.")
@@ -91,7 +95,8 @@ def evaluate_faithfulness(
         raise ValueError(f"k must be between 1 and {d - 1} (the number of features less one), got {k}.")
     held = heldout_masks(d, heldout, seed)
     removal = removal_masks(explanation, k, n_random, seed)
-    values, cost = mask_targets(explanation, np.vstack([removal, held]), surrogate=surrogate, cache=cache)
+    values, cost = mask_targets(explanation, np.vstack([removal, held]), surrogate=surrogate, cache=cache,
+                                 deadline=deadline)
     support = SUPPORT_SIGN[explanation.config.target] * values
     full, removed = support[0], support[1:len(removal)]
     return Faithfulness(

@@ -13,6 +13,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
+from ropelime.reliability import NOISE, excludes_zero
 from ropelime.schema import Explanation, FeatureScore
 from ropelime.verify import summary_lines
 
@@ -24,6 +25,8 @@ _WARM: tuple[RGB, RGB] = ((252, 174, 112), (196, 38, 30))
 _COOL: tuple[RGB, RGB] = ((150, 190, 228), (33, 82, 162))
 """Opposing colours at half and at full intensity (light blue, deep blue)."""
 _HEAT_TITLE = "prompt — warm supports, cool opposes"
+_TABLE_CAPTION = "rank 1 = strongest support, {d} = strongest opposition · * = 95% interval excludes 0"
+_VERDICT_STYLE = {"high": "bold green", "medium": "bold yellow", "low": "bold red"}
 
 
 def score_rgb(score: float, scale: float) -> RGB:
@@ -45,16 +48,39 @@ def _scale(explanation: Explanation) -> float:
     return max((abs(f.score) for f in explanation.features), default=0.0)
 
 
-def _num(x: float) -> str:
-    return f"{x:+.3g}"
+def number(x: float) -> str:
+    """Signed, three significant digits; 0 for float noise (|x| < NOISE), never "-0"."""
+    return "0" if abs(x) < NOISE else f"{x + 0.0:+.3g}"
 
 
 def _ci(feature: FeatureScore) -> str:
-    return f"[{_num(feature.ci_low)}, {_num(feature.ci_high)}]"
+    return f"[{number(feature.ci_low)}, {number(feature.ci_high)}]"
 
 
-def _excludes_zero(feature: FeatureScore) -> bool:
-    return feature.ci_low > 0 or feature.ci_high < 0
+def shown_features(explanation: Explanation, k: int) -> list[FeatureScore]:
+    """The k features with the largest |score|, ordered by score (so their ranks increase down the list)."""
+    return sorted(explanation.top(k, direction="both"), key=lambda f: f.rank)
+
+
+def value_text(value: object) -> str:
+    """A method, diagnostic or cost value for people: 3–4 significant digits, yes/no, — for not applicable."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {value_text(v)}" for key, v in value.items()) or "—"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(value_text(v) for v in value) or "—"
+    return str(value)
+
+
+def reliability_line(explanation: Explanation) -> str | None:
+    """`reliability: medium — reason; reason`, or None for an explanation stored before the summary existed."""
+    r = explanation.diagnostics.reliability
+    return None if r is None else f"reliability: {r.verdict} — {'; '.join(r.reasons)}"
 
 
 def _shorten(text: str, width: int = 80) -> str:
@@ -98,11 +124,11 @@ def _verdicts(explanation: Explanation) -> dict[int, str]:
 
 
 def top_table(explanation: Explanation, k: int = 10) -> Table:
-    """The k features with the largest |score|: rank, text, score, 95% interval, * when it excludes 0,
-    and the closed model's verdict when verified."""
-    shown, scale, verdicts = explanation.top(k, direction="both"), _scale(explanation), _verdicts(explanation)
-    table = Table(title=f"top {len(shown)} of {len(explanation.features)} features by |score|",
-                  caption="rank 1 = strongest support · * = 95% interval excludes 0", caption_justify="left")
+    """The k features with the largest |score|, ordered by score: rank, text, score, 95% interval, * when it
+    excludes 0, and the closed model's verdict when verified."""
+    shown, scale, verdicts = shown_features(explanation, k), _scale(explanation), _verdicts(explanation)
+    table = Table(title=f"top {len(shown)} of {len(explanation.features)} features by |score|, ordered by score",
+                  caption=_TABLE_CAPTION.format(d=len(explanation.features)), caption_justify="left")
     table.add_column("rank", justify="right")
     table.add_column("feature", overflow="fold")
     table.add_column("score", justify="right", no_wrap=True)
@@ -111,8 +137,8 @@ def top_table(explanation: Explanation, k: int = 10) -> Table:
     if verdicts:
         table.add_column("closed model", no_wrap=True)
     for f in shown:
-        table.add_row(str(f.rank), Text(_shorten(f.text)), Text(_num(f.score), style=_rich_style(f.score, scale)),
-                      _ci(f), "*" if _excludes_zero(f) else "", *([verdicts.get(f.index, "")] if verdicts else []))
+        table.add_row(str(f.rank), Text(_shorten(f.text)), Text(number(f.score), style=_rich_style(f.score, scale)),
+                      _ci(f), "*" if excludes_zero(f) else "", *([verdicts.get(f.index, "")] if verdicts else []))
     return table
 
 
@@ -142,6 +168,10 @@ def print_explanation(explanation: Explanation, console: Console, k: int = 10) -
     console.print(Panel(heatmap_text(explanation), title=_HEAT_TITLE, title_align="left",
                         subtitle=f"full colour at |score| {_scale(explanation):.3g}", subtitle_align="right"))
     console.print(top_table(explanation, k))
+    reliability = explanation.diagnostics.reliability
+    if reliability is not None:
+        console.print(Text.assemble(("reliability: ", "bold"), (reliability.verdict, _VERDICT_STYLE[reliability.verdict]),
+                                    " — " + "; ".join(reliability.reasons)))
     if explanation.verification:
         console.print(Text("\n".join(summary_lines(explanation.verification))))
     for note in explanation.diagnostics.notes:
@@ -176,7 +206,7 @@ def _style_attr(score: float, scale: float) -> str:
 
 
 def _tooltip(f: FeatureScore) -> str:
-    return f"score {_num(f.score)}, 95% interval {_ci(f)}, rank {f.rank}"
+    return f"score {number(f.score)}, 95% interval {_ci(f)}, rank {f.rank}"
 
 
 def _html_prompt(explanation: Explanation, scale: float) -> str:
@@ -188,29 +218,29 @@ def _html_prompt(explanation: Explanation, scale: float) -> str:
 
 def _html_legend(scale: float) -> str:
     stops = ", ".join(f"rgb{score_rgb(t * scale, scale)}" for t in (-1, -0.5, 0, 0.5, 1))
-    return (f'<div class="legend"><span>opposes {_num(-scale)}</span>'
+    return (f'<div class="legend"><span>opposes {number(-scale)}</span>'
             f'<span class="bar" style="background:linear-gradient(to right, {stops})"></span>'
-            f'<span>{_num(scale)} supports</span><span class="fixed">grey: fixed text</span></div>')
+            f'<span>{number(scale)} supports</span><span class="fixed">grey: fixed text</span></div>')
 
 
 def _html_top(explanation: Explanation, scale: float, k: int = 20) -> str:
     verdicts = _verdicts(explanation)
     rows = "".join(
         f'<tr><td class="num">{f.rank}</td><td>{_esc(_shorten(f.text, 120))}</td>'
-        f'<td class="num" style="{_style_attr(f.score, scale)}">{_num(f.score)}</td>'
-        f'<td class="num">{_esc(_ci(f))}</td><td>{"*" if _excludes_zero(f) else ""}</td>'
+        f'<td class="num" style="{_style_attr(f.score, scale)}">{number(f.score)}</td>'
+        f'<td class="num">{_esc(_ci(f))}</td><td>{"*" if excludes_zero(f) else ""}</td>'
         + (f"<td>{_esc(verdicts.get(f.index, ''))}</td>" if verdicts else "") + "</tr>"
-        for f in explanation.top(k, direction="both"))
+        for f in shown_features(explanation, k))
     verified = "<th>closed model</th>" if verdicts else ""
     return ("<table><thead><tr><th>rank</th><th>feature</th><th>score</th><th>95% interval</th><th></th>"
             f"{verified}</tr></thead><tbody>{rows}</tbody></table>"
-            '<p class="facts">rank 1 = strongest support · * = 95% interval excludes 0</p>')
+            f'<p class="facts">{_esc(_TABLE_CAPTION.format(d=len(explanation.features)))}</p>')
 
 
 def _html_method(explanation: Explanation) -> str:
     groups = {
         "method": explanation.config.model_dump(),
-        "diagnostics": explanation.diagnostics.model_dump(exclude={"notes"}),
+        "diagnostics": explanation.diagnostics.model_dump(exclude={"notes", "reliability"}),
         "cost": explanation.cost.model_dump(),
         "surrogate": explanation.surrogate.model_dump(),
         "provenance": explanation.provenance,
@@ -219,7 +249,7 @@ def _html_method(explanation: Explanation) -> str:
     for group, values in groups.items():
         if values:
             rows.append(f'<tr><th class="group" colspan="2">{group}</th></tr>')
-            rows.extend(f"<tr><td>{_esc(key)}</td><td>{_esc('auto' if value is None else value)}</td></tr>"
+            rows.extend(f"<tr><td>{_esc(key)}</td><td>{_esc(value_text(value))}</td></tr>"
                         for key, value in values.items())
     notes = "".join(f"<li>{_esc(note)}</li>" for note in explanation.diagnostics.notes)
     return f"<table>{''.join(rows)}</table>" + (f"<h2>Notes</h2><ul>{notes}</ul>" if notes else "")
@@ -231,6 +261,11 @@ def _html_verification(explanation: Explanation) -> str:
         return ""
     items = "".join(f"<li>{_esc(line)}</li>" for line in summary_lines(explanation.verification, width=120))
     return f"\n<h2>Verified with the closed model</h2>\n<ul>{items}</ul>"
+
+
+def _html_reliability(explanation: Explanation) -> str:
+    line = reliability_line(explanation)
+    return "" if line is None else f'\n<p class="reliability"><strong>{_esc(line)}</strong></p>'
 
 
 def to_html(explanation: Explanation) -> str:
@@ -248,7 +283,7 @@ def to_html(explanation: Explanation) -> str:
 </head>
 <body>
 <h1>RoPE-LIME explanation</h1>
-<p class="facts">{_esc(" · ".join(fit + cost))}</p>
+<p class="facts">{_esc(" · ".join(fit + cost))}</p>{_html_reliability(explanation)}
 <h2>Response ({_esc(source)})</h2>
 <div class="box">{_esc(explanation.response)}</div>{system}
 <h2>{_esc(_HEAT_TITLE.capitalize())}</h2>
@@ -268,7 +303,7 @@ def plot_scores(explanation: Explanation, path: Path, k: int = 15) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    shown, scale = explanation.top(k, direction="both")[::-1], _scale(explanation)
+    shown, scale = shown_features(explanation, k)[::-1], _scale(explanation)
     figure = Figure(figsize=(8, 1.2 + 0.4 * max(len(shown), 1)), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -280,7 +315,7 @@ def plot_scores(explanation: Explanation, path: Path, k: int = 15) -> Path:
     axes.set_yticks(list(positions), labels, fontsize=8)
     axes.axvline(0, color="#333", linewidth=0.8)
     axes.set_xlabel("score (positive: supports the response) with 95% interval")
-    axes.set_title(f"RoPE-LIME: top {len(shown)} features by |score|")
+    axes.set_title(f"RoPE-LIME: top {len(shown)} features by |score|, ordered by score")
     path = Path(path)
     figure.savefig(path, format="png", dpi=150)
     return path

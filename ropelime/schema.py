@@ -69,6 +69,15 @@ class ExplainConfig(BaseModel):
     )
 
 
+class Reliability(BaseModel):
+    """How far to trust an explanation at a glance, from its measured signals (see `ropelime.reliability`)."""
+
+    verdict: Literal["high", "medium", "low"]
+    reasons: list[str] = Field(default_factory=list, description="one short reason per signal that lowered the "
+                               "verdict, or what supports a high one")
+    significant_features: int = Field(description="features whose 95% interval excludes 0")
+
+
 class Diagnostics(BaseModel):
     r2: float = Field(description="weighted R² of the linear surrogate on the scored masks")
     samples: int = Field(description="masks scored, the unperturbed prompt included")
@@ -77,6 +86,8 @@ class Diagnostics(BaseModel):
     surrogate_nll: float = Field(description="mean negative log-likelihood per token of the response "
                                  "under the surrogate; high values warn that the surrogate finds it unlikely")
     notes: list[str] = Field(default_factory=list)
+    reliability: Reliability | None = Field(None, description="verdict and reasons derived from the fit, the "
+                                            "surrogate's NLL, the intervals and completeness")
 
 
 class Cost(BaseModel):

@@ -30,7 +30,7 @@ import numpy as np
 
 from ropelime.closed import FALLBACK, ClosedModelError, ClosedResult, cached_response, fetch_response
 from ropelime.errors import InputError
-from ropelime.explain import Cancelled
+from ropelime.errors import Cancelled
 from ropelime.perturb import perturb_text
 from ropelime.schema import ControlCheck, Explanation, FeatureCheck, Verdict, Verification
 from ropelime.settings import cache_dir

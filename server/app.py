@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import time
+from collections.abc import Callable
 from importlib.metadata import version
-from typing import Annotated, get_args
+from typing import Annotated, Literal, TypeVar, get_args
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError, UnexpectedToolError
 from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 import ropelime
 from ropelime.compare import DEFAULT_BUDGETS, DEFAULT_SAMPLERS, DEFAULT_SEEDS, Comparison, plot_faithfulness
 from ropelime.compare import compare_samplers as compare_grid
 from ropelime.errors import InputError
 from ropelime.render import to_html
-from ropelime.schema import ExplainConfig, Explanation, Granularity, Kernel, Perturbation, Sampler, Solver, Target
 from ropelime.catalogue import EMBEDDED
+from ropelime.schema import ExplainConfig, Explanation, Kernel, Perturbation, Sampler, Solver, Target
 from ropelime.verify import check_request
-from ropelime_server.engine import EngineOptions, engine_of, lifespan_for, run_job, tool_errors
+from ropelime_server.engine import (EngineOptions, engine_of, lifespan_for, run_job, tool_errors,
+                                    validation_problems)
 from ropelime_server.prompt_files import load_prompts
 from ropelime_server.results import Direction, TopFeatures, comparison_text, explanation_text, top_text
 
@@ -47,13 +50,25 @@ ModelArg = Annotated[str | None, Field(description=_CLOSED)]
 SystemArg = Annotated[str | None, Field(description="system prompt given with the prompt; kept fixed, never attributed")]
 ExplainArg = Annotated[str | None, Field(description="the substring of the prompt to attribute, e.g. the context of a RAG prompt; "
                                                      "the rest stays fixed (default: the whole prompt)")]
-GranularityArg = Annotated[Granularity, Field(description="feature unit: word, sentence or paragraph "
-                                                          "(segments needs caller-given spans and is for the library)")]
+ToolGranularity = Literal["word", "sentence", "paragraph"]
+"""The granularities a tool offers (caller-given segments are for the library and the CLI)."""
+
+GranularityArg = Annotated[ToolGranularity, Field(description="feature unit: word, sentence or paragraph")]
 VerifyArg = Annotated[int, Field(ge=0, le=20, description="check the top K supporting features with the closed model "
                                                       "itself: ask it again without each one, plus one control "
                                                       "call (K + 1 calls, cached); needs model. 0 = no check")]
 TimeBudgetArg = Annotated[float | None, Field(gt=0, description="stop scoring after this many seconds and return a partial "
                                                                 "result marked incomplete (null: no limit)")]
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def tool(mcp: MCPServer, **settings) -> Callable[[F], F]:
+    """`mcp.tool(...)` with the function's docstring, dedented, as the tool's description."""
+    def register(function: F) -> F:
+        return mcp.tool(description=inspect.cleandoc(function.__doc__ or ""), **settings)(function)
+    return register
 
 
 def _result(text: str, data: dict, *extra: ImageContent) -> CallToolResult:
@@ -66,7 +81,7 @@ def options_document(options: EngineOptions) -> dict:
     return {
         "surrogate": options.surrogate or EMBEDDED,
         "default_closed_model": options.default_model,
-        "granularity": list(get_args(Granularity)),
+        "granularity": list(get_args(ToolGranularity)),
         "sampler": list(get_args(Sampler)),
         "target": list(get_args(Target)),
         "kernel": list(get_args(Kernel)),
@@ -94,13 +109,26 @@ def options_document(options: EngineOptions) -> dict:
     }
 
 
+class RopeLimeServer(MCPServer):
+    """MCPServer whose argument errors read as one line (the SDK's carry pydantic's layout and links)."""
+
+    async def call_tool(self, name: str, arguments: dict, context: Context | None = None):
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as error:
+            if isinstance(error, UnexpectedToolError) or not isinstance(error.__cause__, ValidationError):
+                raise
+            raise ToolError(f"invalid arguments for {name}: {validation_problems(error.__cause__)}") \
+                from error.__cause__
+
+
 def build_server(options: EngineOptions | None = None) -> MCPServer:
-    """The MCP server; the surrogate is loaded once when it starts (its lifespan)."""
+    """The MCP server; it answers at once and loads the surrogate once, in the background (its lifespan)."""
     options = options or EngineOptions.from_env()
-    mcp = MCPServer("ropelime", title="RoPE-LIME", version=version("ropelime"), instructions=INSTRUCTIONS,
+    mcp = RopeLimeServer("ropelime", title="RoPE-LIME", version=version("ropelime"), instructions=INSTRUCTIONS,
                     lifespan=lifespan_for(options))
 
-    @mcp.tool(title="Explain a response", annotations=ToolAnnotations(
+    @tool(mcp, title="Explain a response", annotations=ToolAnnotations(
         title="Explain a response", read_only_hint=True, idempotent_hint=True, open_world_hint=True))
     async def explain_response(
         ctx: Context,
@@ -131,6 +159,7 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
         Stops after time_budget_s and returns a partial result marked INCOMPLETE with its
         explanation_id; call again with continue_from (or the same arguments) to resume.
         """
+        started = time.perf_counter()
         with tool_errors():
             engine = engine_of(ctx)
             previous = engine.store.load(continue_from) if continue_from else None
@@ -150,17 +179,17 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
                 return ropelime.explain(prompt, response, model=model, system=system, explain=explain, config=config,
                                         surrogate=engine.surrogate, cache=engine.cache, progress=progress,
                                         should_stop=should_stop, api_base=engine.api_base,
-                                        closed_timeout=engine.closed_timeout, verify=verify)
+                                        closed_timeout=engine.closed_timeout, verify=verify, started=started)
 
             check_request(verify, model)  # before queueing for the engine
-            result = await run_job(ctx, job)
+            result = await run_job(ctx, job, started=started, time_budget_s=config.time_budget_s)
             if previous is not None:
                 result = result.model_copy(update={"response_source": previous.response_source,
                                                    "closed_model": previous.closed_model})
             engine.store.save(result)
         return _result(explanation_text(result), result.model_dump(mode="json"))
 
-    @mcp.tool(title="Top features", annotations=ToolAnnotations(
+    @tool(mcp, title="Top features", annotations=ToolAnnotations(
         title="Top features", read_only_hint=True, idempotent_hint=True, open_world_hint=False))
     async def top_features(
         ctx: Context,
@@ -189,7 +218,7 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
                               complete=explanation.diagnostics.complete, features=explanation.top(k, direction))
         return _result(top_text(top), top.model_dump(mode="json"))
 
-    @mcp.tool(title="Verify an explanation", annotations=ToolAnnotations(
+    @tool(mcp, title="Verify an explanation", annotations=ToolAnnotations(
         title="Verify an explanation", read_only_hint=True, idempotent_hint=True, open_world_hint=True))
     async def verify_explanation(
         ctx: Context,
@@ -207,21 +236,22 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
         inconclusive (the control alone changed the answer), or unverified (a fault or the time
         budget; call again: answers are cached, so a repeat costs no call).
         """
+        started = time.perf_counter()
         with tool_errors():
             engine = engine_of(ctx)
             explanation = engine.store.load(explanation_id)
             check_request(k, model or explanation.closed_model)
+            deadline = None if time_budget_s is None else started + time_budget_s
 
             def job(_progress, should_stop) -> Explanation:
-                deadline = None if time_budget_s is None else time.perf_counter() + time_budget_s
                 return ropelime.verify(explanation, k, model=model, api_base=engine.api_base,
                                        timeout=engine.closed_timeout, deadline=deadline, should_stop=should_stop)
 
-            result = await run_job(ctx, job)
+            result = await run_job(ctx, job, needs_surrogate=False)
             engine.store.save(result)
         return _result(explanation_text(result), result.model_dump(mode="json"))
 
-    @mcp.tool(title="Compare samplers", annotations=ToolAnnotations(
+    @tool(mcp, title="Compare samplers", annotations=ToolAnnotations(
         title="Compare samplers", read_only_hint=True, idempotent_hint=True, open_world_hint=True))
     async def compare_samplers(
         ctx: Context,
@@ -246,6 +276,7 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
         share one score cache, so calling again after an INCOMPLETE result continues. Includes a
         PNG plot of faithfulness against budget.
         """
+        started = time.perf_counter()
         with tool_errors():
             engine = engine_of(ctx)
             model = model or (None if response is not None else engine.default_model)
@@ -256,9 +287,9 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
                                     surrogate=engine.surrogate, cache=engine.cache, progress=progress,
                                     should_stop=should_stop, api_base=engine.api_base,
                                     closed_timeout=engine.closed_timeout, store=engine.store,
-                                    granularity=granularity)
+                                    granularity=granularity, started=started)
 
-            comparison = await run_job(ctx, job)
+            comparison = await run_job(ctx, job, started=started, time_budget_s=time_budget_s)
             plot = []
             if comparison.results:
                 png = plot_faithfulness(comparison)

@@ -31,10 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Build the server from parsed arguments and run it until the client goes away."""
+    """Build the server from parsed arguments and run it until the client goes away.
+
+    The server answers at once; the surrogate loads in the background (tool calls wait for it).
+    """
     from ropelime.errors import InputError
-    from ropelime.explain import load_surrogate
-    from ropelime.settings import hide_library_progress_bars
     from ropelime_server.app import build_server
     from ropelime_server.engine import EngineOptions
 
@@ -43,12 +44,9 @@ def serve(args: argparse.Namespace) -> int:
         print(f"error: refusing to serve on {args.host} without a token: set ROPELIME_MCP_TOKEN (or --token) so that "
               "requests must carry it, or serve on 127.0.0.1.", file=sys.stderr)
         return 2
-    if not getattr(args, "verbose", False):  # keep stderr to log lines (and a failure to one line)
-        hide_library_progress_bars()
-    try:  # load once now, to fail with a clear message; the server's lifespan then reuses it
+    try:
         options = EngineOptions.from_env(surrogate=args.surrogate, device=args.device, api_base=args.api_base,
                                          default_model=args.model)
-        load_surrogate(options.surrogate, options.device)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -69,8 +67,19 @@ def serve(args: argparse.Namespace) -> int:
         app = BearerToken(app, token)
     level = "info" if getattr(args, "verbose", False) else "warning"
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=level)
-    anyio.run(uvicorn.Server(config).serve)
-    return 0
+    http = uvicorn.Server(config)
+
+    async def serve_and_announce() -> None:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(http.serve)
+            while not http.started and not http.should_exit:
+                await anyio.sleep(0.05)
+            if http.started:
+                host = f"[{args.host}]" if ":" in args.host else args.host
+                print(f"listening on http://{host}:{args.port}/mcp", file=sys.stderr, flush=True)
+
+    anyio.run(serve_and_announce)
+    return 1 if not http.started else 0
 
 
 class BearerToken:

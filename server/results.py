@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from ropelime.compare import Comparison
+from ropelime.render import number, reliability_line
 from ropelime.schema import Explanation, FeatureScore
 from ropelime.verify import summary_lines
 
@@ -34,11 +35,6 @@ def shorten(text: str, width: int = _LINE) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-def number(x: float) -> str:
-    """Signed, three significant digits; never "-0"."""
-    return f"{x + 0.0:+.3g}"
-
-
 def feature_lines(features: list[FeatureScore]) -> list[str]:
     """`#rank score [low, high] 'text'`, one line per feature."""
     return [f"#{f.rank} {number(f.score)} [{number(f.ci_low)}, {number(f.ci_high)}] {shorten(f.text)!r}"
@@ -58,16 +54,22 @@ def explanation_text(explanation: Explanation, k: int = 5) -> str:
     """What the model needs from an explanation in a few lines."""
     c, d = explanation.cost, explanation.diagnostics
     source = f"from {explanation.closed_model}" if explanation.response_source == "closed_model" else "given"
-    opposing = [f for f in explanation.top(k, "opposing") if f.score < 0]
+    supporting = [f for f in explanation.top(k, "supporting") if f.score > 0]
+    opposing = [f for f in explanation.top(3, "opposing") if f.score < 0]
     lines = [
         f"explanation_id: {explanation.id} — {status(explanation)}",
         f"response ({source}): {shorten(explanation.response, 300)!r}",
-        f"{len(explanation.features)} {explanation.config.granularity} features; "
-        f"top {min(k, len(explanation.features))} supporting (score [95% interval]):",
-        *feature_lines(explanation.top(k, "supporting")),
     ]
+    reliability = reliability_line(explanation)
+    if reliability:
+        lines.append(reliability)
+    head = f"{len(explanation.features)} {explanation.config.granularity} features; "
+    if supporting:
+        lines += [head + f"top {len(supporting)} supporting (score [95% interval]):", *feature_lines(supporting)]
+    else:
+        lines.append(head + "none supports the response (no positive score)")
     if opposing:
-        lines += ["most opposing:", *feature_lines(opposing[:3])]
+        lines += ["most opposing:", *feature_lines(opposing)]
     lines += [
         f"fit R² {d.r2:.2f}; surrogate NLL of the response {d.surrogate_nll:.2f}; "
         f"cost {c.closed_model_calls} closed-model call(s), {c.surrogate_forward_passes} surrogate passes, {c.seconds:.1f} s",
@@ -88,7 +90,8 @@ def top_text(top: TopFeatures) -> str:
 
 def comparison_text(comparison: Comparison) -> str:
     """A compact table of the comparison: one line per sampler and budget, then agreement."""
-    lines = [f"{'complete' if comparison.complete else 'INCOMPLETE'} comparison over {comparison.features} features "
+    runs = f"{len(comparison.runs)} of {comparison.runs_planned} runs" if comparison.runs_planned else f"{len(comparison.runs)} runs"
+    lines = [f"{'complete' if comparison.complete else 'INCOMPLETE'} comparison ({runs}) over {comparison.features} features "
              f"(k = {comparison.k}, {comparison.heldout_masks} shared held-out masks); "
              f"{comparison.closed_model_calls} closed-model call(s), {comparison.surrogate_passes} surrogate passes, "
              f"{comparison.seconds:.1f} s",

@@ -6,16 +6,41 @@ import time
 
 import numpy as np
 
-from ropelime.anytime import Pace, RankingWatch
+from ropelime.anytime import MAX_CHUNK, PROGRESS_EVERY_S, Deadline, Rate, pace_of, plan_chunk, RankingWatch
 
 
-def test_pace_stops_before_a_chunk_that_would_overrun():
-    pace = Pace(time.perf_counter() - 30.0, budget_s=40.0)
-    assert pace.fits(10_000)  # nothing measured yet: always try
-    pace.record(tokens=10_000, seconds=30.0)
-    assert pace.fits(2_000)  # about 6 s more
-    assert not pace.fits(10_000)  # about 30 s more
-    assert Pace(time.perf_counter() - 100.0, budget_s=None).fits(10**9)
+def test_the_first_chunk_is_one_mask_until_the_pace_is_measured():
+    pace = Rate()
+    assert plan_chunk([500] * 40, pace, lambda j: 100.0, first=True) == 1
+    pace.record(units=1000, seconds=0.1)  # 1e-4 s per token: 0.05 s per mask of 500 tokens
+    assert plan_chunk([500] * 100, pace, lambda j: 100.0, first=False) == MAX_CHUNK
+    slow = Rate(1e-3)  # 0.5 s per mask: a few seconds per chunk at most
+    assert plan_chunk([500] * 40, slow, lambda j: 100.0, first=False) == int(PROGRESS_EVERY_S / 0.5)
+
+
+def test_a_chunk_stops_before_the_deadline_but_the_first_always_scores_one():
+    pace = Rate(1e-3)  # 0.5 s per mask of 500 tokens, checked against the deadline as 0.75 s
+    assert plan_chunk([500] * 40, pace, lambda j: 1.6, first=False) == 2
+    assert plan_chunk([500] * 40, pace, lambda j: 0.1, first=False) == 0
+    assert plan_chunk([500] * 40, pace, lambda j: -5.0, first=True) == 1  # the unperturbed prompt is needed
+
+
+def test_the_deadline_keeps_room_for_the_work_after_scoring():
+    deadline = Deadline(time.perf_counter() + 10.0, per_mask_s=0.05, fixed_s=1.0)
+    assert 8.0 < deadline.scoring_left(10) <= 8.5  # 10 s - 1 s - 10 * 0.05 s
+    before = deadline.scoring_left(10)
+    deadline.leave_room_for_fit(d=40, solver="ridge", bootstrap=200)
+    assert deadline.scoring_left(10) < before
+    assert Deadline.after(time.perf_counter(), None).scoring_left(10**6) == float("inf")
+
+
+def test_the_pace_is_remembered_per_surrogate():
+    class Model:
+        pass
+
+    a, b = Model(), Model()
+    pace_of(a).record(100, 1.0)
+    assert pace_of(a).seconds_per_unit == 0.01 and pace_of(b).seconds_per_unit is None
 
 
 def test_ranking_watch_converges_on_a_clear_signal_and_not_before():

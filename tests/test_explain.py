@@ -202,3 +202,28 @@ def test_converged_ranking_stops_early_and_says_so(tiny_surrogate, cache):
     assert result.diagnostics.samples < result.diagnostics.planned_samples == 201
     assert any("settled" in note for note in result.diagnostics.notes)
     assert not any("time budget" in note for note in result.diagnostics.notes)
+
+
+def test_the_config_records_the_values_used_and_the_id_does_not_depend_on_writing_them(tiny_surrogate, cache):
+    result = run(tiny_surrogate, cache)
+    d = len(result.features)
+    assert result.config.k == -(-d // 4) and result.config.alpha == 1.0 and result.config.kernel_width == 0.5
+    assert '"k":null' not in result.model_dump_json().replace(" ", "")
+    explicit = run(tiny_surrogate, cache, k=result.config.k, alpha=1.0, kernel_width=0.5)
+    assert explicit.id == result.id  # the same inputs, written out or not
+    assert run(tiny_surrogate, cache, k=2).id != result.id
+    resumed = ropelime.explain(PROMPT, RESPONSE, explain=CONTEXT, config=result.config, surrogate=tiny_surrogate,
+                               cache=cache)
+    assert resumed.id == result.id and resumed.cost.surrogate_forward_passes == 0
+    uniform = run(tiny_surrogate, cache, kernel="uniform", solver="ols", sampler="loo")
+    assert uniform.config.kernel_width is None and uniform.config.alpha is None and uniform.config.k is None
+
+
+def test_a_few_features_say_how_many_distinct_masks_exist(tiny_surrogate, cache):
+    prompt = "Context: The sky is blue. Paris is in France. Question: Where is Paris?"
+    result = ropelime.explain(prompt, "In France.", granularity="sentence", budget=64, surrogate=tiny_surrogate,
+                              cache=cache)
+    assert len(result.features) == 3 and result.diagnostics.planned_samples == 4
+    assert any("only 3 distinct perturbations exist for 3 features with sparse_k (k = 1)" in n
+               for n in result.diagnostics.notes)
+    assert result.diagnostics.reliability is not None

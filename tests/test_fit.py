@@ -103,3 +103,30 @@ def test_closed_form_equals_scikit_learn(solver):
     reference = (Ridge(alpha=2.0) if solver == "ridge" else LinearRegression()).fit(masks, y, sample_weight=w)
     np.testing.assert_allclose(fit.coef, reference.coef_, atol=1e-8)
     np.testing.assert_allclose(fit.intercept, reference.intercept_, atol=1e-8)
+
+
+def test_estimates_sit_inside_their_intervals_on_a_sparse_design():
+    """Each feature is removed by only a few masks (as at word level): draws that miss them give the feature
+    0, which pulled percentile intervals to one side of the estimate; the intervals are symmetric about it,
+    planted effects stand out and noise features rarely exclude 0."""
+    rng = np.random.default_rng(4)
+    d, n = 60, 65
+    masks = np.ones((n, d), dtype=bool)
+    for row in masks[1:]:
+        row[rng.choice(d, size=8, replace=False)] = False
+    truth = np.zeros(d)
+    truth[:5] = [1.0, 0.8, 0.6, -0.7, 0.5]
+    y = masks @ truth + rng.normal(0, 0.05, n)
+    fit = fit_linear(masks, y, np.ones(n))
+    removed = ~masks.all(axis=0)
+    assert np.all((fit.ci_low < fit.coef) & (fit.coef < fit.ci_high) | ~removed)
+    np.testing.assert_allclose(fit.coef - fit.ci_low, fit.ci_high - fit.coef)
+    excluding = (fit.ci_low > 0) | (fit.ci_high < 0)
+    assert excluding[removed & (truth == 0)].mean() <= 0.1
+    assert excluding[:5].sum() >= 4
+
+
+def test_interval_ends_at_float_noise_are_zero():
+    masks = np.vstack([np.ones(4, dtype=bool), ~np.eye(4, dtype=bool), np.ones(4, dtype=bool)])
+    fit = fit_linear(masks, np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0]), np.ones(6))  # nothing changes the target
+    assert np.all(fit.ci_low == 0.0) and np.all(fit.ci_high == 0.0)

@@ -144,3 +144,92 @@ def test_print_explanation(explanation):
     assert "The <b>bridge</b> was designed" in output
     assert "partial" in output and "33/64 samples" in output
     assert "time budget reached" in output
+
+
+def _with_scores(explanation: Explanation, scores: list[tuple[float, float, float]]) -> Explanation:
+    """The explanation with new (score, ci_low, ci_high) per feature and ranks that follow the scores."""
+    features = [f.model_copy(update=dict(score=s, ci_low=lo, ci_high=hi))
+                for f, (s, lo, hi) in zip(explanation.features, scores)]
+    for rank, f in enumerate(sorted(features, key=lambda f: -f.score), start=1):
+        f.rank = rank
+    return explanation.model_copy(update={"features": features})
+
+
+def test_the_table_lists_the_largest_scores_in_rank_order(explanation):
+    # |score| picks the rows (the weak third is left out), the signed score orders them: ranks only increase
+    mixed = _with_scores(explanation, [(0.4, 0.1, 0.7), (-2.0, -3.0, -1.0), (0.01, -0.2, 0.2)])
+    table = top_table(mixed, k=2)
+    ranks = [int(str(cell)) for cell in table.columns[0].cells]
+    assert ranks == [1, 3] and ranks == sorted(ranks)
+    page = to_html(mixed)
+    html_ranks = [int(cell) for cell in _cells(page)[0::5][1:]]  # rank column, header skipped
+    assert html_ranks == sorted(html_ranks)
+
+
+def test_intervals_print_without_float_noise_and_only_real_exclusions_get_a_star(explanation):
+    noisy = _with_scores(explanation, [(0.944, -1.77e-15, 0.944), (-0.204, -0.204, 0.0), (0.5, 0.2, 0.8)])
+    table = top_table(noisy, k=3)
+    intervals = [str(cell) for cell in table.columns[3].cells]
+    assert "[0, +0.944]" in intervals and "[-0.204, 0]" in intervals
+    assert not any("e-" in interval for interval in intervals)
+    stars = dict(zip((str(c) for c in table.columns[2].cells), (str(c) for c in table.columns[4].cells)))
+    assert stars == {"+0.944": "", "-0.204": "", "+0.5": "*"}
+
+
+def _cells(page: str) -> list[str]:
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.cells, self.inside = [], False
+
+        def handle_starttag(self, tag, attrs):
+            if tag in ("td", "th"):
+                self.inside = True
+                self.cells.append("")
+
+        def handle_endtag(self, tag):
+            self.inside = False if tag in ("td", "th") else self.inside
+
+        def handle_data(self, data):
+            if self.inside:
+                self.cells[-1] += data
+
+    parser = Cells()
+    parser.feed(page.split("<h2>Top features")[1].split("<h2>Method")[0])
+    return parser.cells
+
+
+def test_the_html_method_table_shows_formatted_values(explanation):
+    resolved = explanation.model_copy(update={"config": ExplainConfig(k=2, alpha=1.0, kernel_width=0.5)})
+    resolved.diagnostics.r2 = 0.912345678
+    page = to_html(resolved)
+    method = page.split("<h2>Method")[1]
+    assert "0.9123" in method and "0.912345678" not in method
+    assert ">True<" not in method and ">False<" not in method and ">yes<" in method and ">no<" in method
+    assert "<td>k</td><td>2</td>" in method and "<td>alpha</td><td>1</td>" in method  # values, not "auto"
+    assert "<td>segments</td><td>—</td>" in method  # not applicable
+
+
+def test_the_reliability_summary_is_shown_everywhere(explanation):
+    from ropelime.reliability import assess
+    from ropelime_server.results import explanation_text
+
+    explanation.diagnostics.reliability = assess(explanation.diagnostics, explanation.features)
+    assert explanation.diagnostics.reliability.verdict == "medium"  # partial, otherwise sound
+    console = Console(record=True, width=120)
+    print_explanation(explanation, console)
+    for shown in (console.export_text(), to_html(explanation), explanation_text(explanation)):
+        assert "reliability: medium" in html.unescape(shown) and "partial: 33 of 64" in html.unescape(shown)
+
+
+def test_the_tool_text_lists_support_and_opposition_once_each(explanation):
+    from ropelime_server.results import explanation_text
+
+    mostly_opposing = _with_scores(explanation, [(0.4, 0.1, 0.7), (-2.0, -3.0, -1.0), (-0.3, -0.5, -0.1)])
+    text = explanation_text(mostly_opposing, k=5)
+    supporting, opposing = text.split("most opposing:")
+    assert "-2" not in supporting and "-0.3" not in supporting and "+0.4" in supporting
+    assert "top 1 supporting" in supporting
+    assert opposing.count("Tolls are") == 1 and "+0.4" not in opposing
+    none = _with_scores(explanation, [(-0.4, -0.7, -0.1), (-2.0, -3.0, -1.0), (-0.3, -0.5, -0.1)])
+    assert "none supports the response" in explanation_text(none)

@@ -5,7 +5,7 @@ the `ropelime-mcp` entry point: a non-zero exit and a one-line message on stderr
 Cases tried (in-process client, tiny RoPE model):
 - empty prompt; whitespace-only prompt; empty response; whitespace-only response
 - `explain` not a substring of the prompt; `explain` with no splittable feature (whitespace only)
-- granularity "segments" without segments (the tool has no way to give them)
+- granularity "segments" (not offered by the tools: they have no way to give the spans)
 - more features than ROPELIME_MAX_FEATURES; a prompt over ROPELIME_MAX_PROMPT_TOKENS; a response
   over ROPELIME_MAX_RESPONSE_TOKENS; a non-numeric cap variable
 - budget 0, negative, absurd (10**12; the tool caps it at 100 000); time_budget_s 0
@@ -17,11 +17,14 @@ Cases tried (in-process client, tiny RoPE model):
 - prompt and response that are not valid Unicode (lone surrogates, as from bytes decoded with
   errors="surrogateescape"); control characters (accepted: spans stay exact)
 - a very long single "word" (accepted within the caps: its span is exact; refused over the token cap)
-Startup (subprocess `ropelime-mcp`): unknown surrogate path; a model without rotary embeddings.
+Every error text is one line without pydantic's links.
+Startup: an unknown surrogate path and a model without rotary embeddings: the server still answers
+(the surrogate loads in the background) and every tool call says why it cannot load, in one line.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -51,12 +54,12 @@ EXPLAIN_CASES: dict[str, tuple[str, dict]] = {
     "whitespace response": ("response is empty: give the text", {**ARGS, "response": "  \n"}),
     "explain not in prompt": ("not a substring of the prompt; copy it", {**ARGS, "explain": "Lyon is in France."}),
     "nothing splittable": ("nothing to explain", {**ARGS, "explain": "\n"}),
-    "segments without spans": ("needs segments", {**ARGS, "granularity": "segments"}),
+    "segments (not offered)": ("'word', 'sentence' or 'paragraph'", {**ARGS, "granularity": "segments"}),
     "budget 0": ("greater than or equal to 1", {**ARGS, "budget": 0}),
     "budget negative": ("greater than or equal to 1", {**ARGS, "budget": -5}),
     "budget absurd": ("less than or equal to 100000", {**ARGS, "budget": 10**12}),
     "time budget 0": ("greater than 0", {**ARGS, "time_budget_s": 0}),
-    "unknown granularity": ("'word', 'sentence', 'paragraph'", {**ARGS, "granularity": "letters"}),
+    "unknown granularity": ("'word', 'sentence' or 'paragraph'", {**ARGS, "granularity": "letters"}),
     "unknown sampler": ("'sparse_k', 'loo'", {**ARGS, "sampler": "magic"}),
     "unknown target": ("'nll', 'logit_prob', 'kl'", {**ARGS, "target": "accuracy"}),
     "unknown kernel": ("'rwmd_rope', 'cosine'", {**ARGS, "kernel": "rbf"}),
@@ -92,6 +95,7 @@ async def expect_error(client: Client, tool: str, args: dict, expected: str) -> 
     text = result.content[0].text
     assert result.is_error and expected in text, (tool, args, text)
     assert "internal error" not in text
+    assert "\n" not in text and "pydantic.dev" not in text and "[type=" not in text, text
 
 
 async def good_call(client: Client, **args) -> Explanation:
@@ -153,11 +157,30 @@ def no_rope_model_dir(tmp_path_factory) -> Path:
     ("missing", "unknown surrogate"),
     ("no_rope", "has no rotary position embeddings; RoPE-LIME needs a RoPE model"),
 ])
-def test_startup_failures_exit_with_one_line(which, expected, no_rope_model_dir, tmp_path):
+def test_a_surrogate_that_cannot_load_is_named_by_every_tool_call(which, expected, no_rope_model_dir, tmp_path):
     surrogate = str(tmp_path / "no-such-model") if which == "missing" else str(no_rope_model_dir)
-    done = subprocess.run([str(BIN / "ropelime-mcp"), "--surrogate", surrogate, "--device", "cpu"],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "ROPELIME_CACHE_DIR": str(tmp_path / "cache")})
-    assert done.returncode == 2 and done.stdout == ""
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], done.stderr
+    server = [str(BIN / "ropelime-mcp"), "--surrogate", surrogate, "--device", "cpu"]
+    lines = [json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                 "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}),
+             json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+             json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                         "params": {"name": "explain_response", "arguments": ARGS}})]
+    child = subprocess.Popen(server, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "ROPELIME_CACHE_DIR": str(tmp_path / "cache")})
+    replies: dict = {}
+    try:
+        child.stdin.write("\n".join(lines) + "\n")
+        child.stdin.flush()
+        while 2 not in replies:  # stdin stays open until the call's reply: closing it ends the server
+            raw = child.stdout.readline()
+            assert raw, child.stderr.read()[-2000:]
+            message = json.loads(raw)
+            replies[message.get("id")] = message
+        _, errors = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert replies[1]["result"]["serverInfo"]["name"] == "ropelime"  # answered although the model cannot load
+    result = replies[2]["result"]
+    text = result["content"][0]["text"]
+    assert result["isError"] and "could not be loaded" in text and expected in text and "\n" not in text
+    assert [line for line in errors.splitlines() if expected in line], errors  # and in the log

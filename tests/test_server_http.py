@@ -27,7 +27,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 import ropelime
 from ropelime.cache import ScoreCache
-from ropelime.explain import CHUNK
+from ropelime.anytime import MAX_CHUNK
 from ropelime.schema import Explanation
 
 pytestmark = pytest.mark.anyio
@@ -85,6 +85,14 @@ async def explain(client: Client, **args) -> Explanation:
     result = await client.call_tool("explain_response", {**ARGS, **args})
     assert not result.is_error, result.content[0].text
     return Explanation.model_validate(result.structured_content)
+
+
+def test_http_says_where_it_listens(http_server):
+    url, log = http_server
+    deadline = time.monotonic() + 30
+    while f"listening on {url}" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert f"listening on {url}" in log.read_text()
 
 
 async def test_eight_simultaneous_http_calls_match_one_by_one_and_load_once(http_server, tiny_surrogate, tmp_path):
@@ -147,7 +155,7 @@ async def test_cancelling_over_http_stops_within_a_batch_and_keeps_the_scores(ht
             after = await explain(client)
         assert after.diagnostics.complete and max(seen) == at_cancel  # no progress after the cancel
         resumed = await explain(client, **{**long_args, "time_budget_s": 0.001})
-    assert 0 < resumed.cost.cached_samples <= at_cancel + 2 * CHUNK  # kept, and at most one more batch
+    assert 0 < resumed.cost.cached_samples <= at_cancel + MAX_CHUNK  # kept, and at most one more batch
 
 
 async def test_a_token_is_required_by_every_request(http_server):
