@@ -50,6 +50,23 @@ def without_cost(record: dict) -> dict:
     return {k: v for k, v in record.items() if k != "cost"}
 
 
+def assert_same_result(got, expected) -> None:
+    """Equal records: every text, rank and flag exactly, every number to float rounding (batches sized
+    from the measured pace group prompts differently from run to run, which moves scores by ~1e-7)."""
+    if isinstance(expected, dict):
+        assert isinstance(got, dict) and got.keys() == expected.keys()
+        for key in expected:
+            assert_same_result(got[key], expected[key])
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected)
+        for a, b in zip(got, expected):
+            assert_same_result(a, b)
+    elif isinstance(expected, float) and not isinstance(got, bool):
+        assert got == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    else:
+        assert got == expected
+
+
 def test_bad_lines_become_error_records_and_the_batch_goes_on(tiny_surrogate, tmp_path):
     lines = [
         request(0, budget=8),
@@ -100,7 +117,7 @@ def test_audit_equals_explain_one_by_one(tiny_surrogate, tmp_path):
                                     system=line.get("system"), config=defaults, surrogate=tiny_surrogate,
                                     cache=separate, **options)
         assert expected.cost.cached_samples == 0
-        assert without_cost(record) == {"request_id": line["id"], **without_cost(expected.model_dump(mode="json"))}
+        assert_same_result(without_cost(record), {"request_id": line["id"], **without_cost(expected.model_dump(mode="json"))})
 
 
 def test_summary_flags_weak_incomplete_and_most_cited(tiny_surrogate, tmp_path):
