@@ -66,7 +66,8 @@ def test_transfer_item_answer_changes_and_verdicts_follow_the_closed_model(tiny_
         assert r["confirmed_hits"] == (1 if confirmed and key in r["standin_top"] else 0)
         assert 0 <= r["ap"] <= 1 and -1 <= r["spearman"] <= 1
     loo = records[1]
-    assert loo["scores"] == pytest.approx(loo["standin_loo"])  # same model, same leave-one-out: the same scores
+    # same model, same leave-one-out: the same scores, up to float rounding (batches sized from the measured pace)
+    assert loo["scores"] == pytest.approx(loo["standin_loo"], rel=1e-3, abs=1e-6)
     assert loo["ap"] == 1.0 and loo["spearman"] == pytest.approx(1.0)
 
 
