@@ -203,7 +203,7 @@ def local_model_reply(surrogate: Surrogate, max_new_tokens: int = 48) -> Callabl
         prompt = message_text(messages[-1]) if messages else ""
         text, _, templated = surrogate.render(prompt, system)
         ids = surrogate.tokenizer(text, add_special_tokens=not templated, return_tensors="pt")["input_ids"]
-        with lock, torch.inference_mode():
+        with lock, torch.inference_mode(), surrogate.computing():
             out = surrogate.model.generate(ids.to(surrogate.device), max_new_tokens=max_new_tokens,
                                            do_sample=False, pad_token_id=surrogate.tokenizer.eos_token_id)
         answer = surrogate.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()

@@ -23,6 +23,7 @@ from ropelime import catalogue
 from ropelime.attention import use_windowed_attention
 from ropelime.catalogue import EMBEDDED, PromptFormat, load_gguf
 from ropelime.errors import InputError
+from ropelime.cheap_forward import contiguous_head_input, store_linear_weights_in_bf16
 from ropelime.prefix_cache import PrefixKV, batch_cache, layout, shared_length
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def _resolve_device(device: str | None) -> torch.device:
 
 
 PRECISIONS = ("float32", "mixed", "bfloat16")
-"""float32; mixed: float32 weights and residual stream, matrix products in bfloat16 (autocast); bfloat16."""
+"""float32; mixed: matrix products in bfloat16 (autocast; linear weights stored in bfloat16), float32 embeddings,
+norms and residual stream; bfloat16."""
 DEFAULT_PRECISION = "auto"
 """mixed where bf16 is native, else float32: mixed changes attributions by less than their bootstrap interval
 (docs/EVALUATION.md), for about half the time."""
@@ -99,7 +101,7 @@ class Surrogate:
                  prompt_format: PromptFormat | None = None) -> None:
         self.model = model.eval()
         self.precision = precision
-        """'float32', 'mixed' (bfloat16 matrix products under autocast, float32 weights) or 'bfloat16'."""
+        """'float32', 'mixed' (bfloat16 matrix products under autocast, float32 embeddings and norms) or 'bfloat16'."""
         self.tokenizer = tokenizer
         self.name = name
         self.device = device
@@ -113,6 +115,9 @@ class Surrogate:
         self.default_prompt_format: PromptFormat = prompt_format or ("chat" if self.has_chat_template else "plain")
         """How `auto` renders prompts: the format measured best for this surrogate, else chat when it has a template."""
         use_windowed_attention(self.model)
+        contiguous_head_input(self.model)
+        if precision == "mixed":
+            store_linear_weights_in_bf16(self.model)
         self.placeholder_id = self._placeholder_id()
         forward = inspect.signature(model.forward).parameters
         self._cache_argument = "cache" if "cache" in forward else "past_key_values"
@@ -334,6 +339,10 @@ class Surrogate:
                 ))
         return rows
 
+    def computing(self) -> torch.autocast:
+        """The context every forward pass of `model` runs in: bfloat16 autocast for 'mixed', else a no-op."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "mixed")
+
     def _forward(self, rows: list[list[int]], reusable: list[int], cached: PrefixKV | None, keep: int,
                  cache=None) -> torch.Tensor:
         """Logits of the last `keep` positions of each row, (B, keep, V), from one batched forward pass.
@@ -345,7 +354,7 @@ class Surrogate:
         batch = layout(rows, reusable if cached else [0] * len(rows), pad)
         if batch.cached_width:
             cache = batch_cache(cached, batch.reused)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "mixed"):
+        with self.computing():
             out = self.model(
                 input_ids=batch.input_ids.to(self.device),
                 attention_mask=batch.attention_mask.to(self.device),

@@ -41,7 +41,7 @@ VERIFY_K = 3
 STANDIN_LOO = {"sampler": "loo", "kernel": "uniform", "solver": "ols", "target": "nll", "perturb": "delete"}
 
 METRICS = ("ap", "auroc", "p_at_k", "spearman", "top1_changed", "top3_changed", "random1_changed",
-           "random3_changed", "confirmed_precision", "gold_ap", "standin_gold_ap", "closed_calls", "surrogate_passes",
+           "random3_changed", "confirmed_precision", "gold_ap", "gold_auroc", "standin_gold_ap", "standin_gold_auroc", "closed_calls", "surrogate_passes",
            "seconds")
 
 
@@ -102,9 +102,10 @@ def transfer_item(item: Item, methods: list[str], config: ExplainConfig, *, budg
     features = item_features(item)
     loo = standin_loo(item, answer, standin, config)
     gold = gold_labels(features, item.gold_spans)
+    standin_gold = agreement(loo, gold)
     shared: dict[str, Any] = {"id": item.id, "response": answer, "d": len(features), "standin_loo": loo.tolist(),
                               "standin_top": top_indices(loo, TOP_LOO),
-                              "standin_gold_ap": agreement(loo, gold)["ap"]}
+                              "standin_gold_ap": standin_gold["ap"], "standin_gold_auroc": standin_gold["auroc"]}
     shared["item_closed_calls"] = int(not fetched.cached)  # the answer and the random removals, for all methods
     for name, removed in random_removals(item, len(features), config.seed).items():
         shared[f"{name}_changed"], called = answer_changed(item, features, removed, answer, closed)
@@ -121,7 +122,9 @@ def transfer_item(item: Item, methods: list[str], config: ExplainConfig, *, budg
             result = explain_item(item, method, method_config(method, base, budget, len(features)), answer, surrogate,
                                   closed, cache=default_cache() if reuse_scores else None)
             scores = np.array([f.score for f in sorted(result.features, key=lambda f: f.index)])
-            record |= {"scores": scores.tolist(), **recovery(scores, loo), "gold_ap": agreement(scores, gold)["ap"]}
+            against_gold = agreement(scores, gold)
+            record |= {"scores": scores.tolist(), **recovery(scores, loo), "gold_ap": against_gold["ap"],
+                       "gold_auroc": against_gold["auroc"]}
             calls = result.cost.closed_model_calls if method == "gsmile" else 0
             verified = verify(result, VERIFY_K, model=closed.model, api_base=closed.api_base, timeout=closed.timeout,
                               max_tokens=closed.max_tokens).verification

@@ -49,6 +49,38 @@ def table(report: dict, path: str) -> str:
     return "\n".join(lines)
 
 
+TRANSFER_COLUMNS = [("ap", "AP vs stand-in top 2", 3), ("auroc", "AUROC vs stand-in top 2", 3),
+                    ("spearman", "Spearman vs stand-in LOO", 3), ("gold_auroc", "AUROC vs gold", 3),
+                    ("top1_changed", "top-1 deletion changes answer", 2),
+                    ("top3_changed", "top-3 deletion changes answer", 2), ("closed_calls", "closed calls", 1),
+                    ("seconds", "s / item", 1)]
+
+
+def transfer_table(report: dict, path: str) -> str:
+    """A transfer report (`ropelime eval --transfer`): recovery of the stand-in's own LOO, gold agreement,
+    answer changes against random deletions, precision of `confirmed`, and paired differences."""
+    first = next(iter(report["summary"].values()))
+    lines = [f"`{path}` — {report['items']} items{'' if report.get('complete') else ' (partial)'}, budget "
+             f"{report['budget']}, fixed output: {report['fixed_output']}, surrogate {report['surrogate']}, "
+             f"stand-in {report['standin']}",
+             "",
+             "| method | n | " + " | ".join(title for _, title, _ in TRANSFER_COLUMNS)
+             + " | top-3 / random-3 change | confirmed precision (pooled) |",
+             "|---" * (len(TRANSFER_COLUMNS) + 4) + "|"]
+    for method, s in report["summary"].items():
+        pooled = s["confirmed_pooled"]
+        lines.append(f"| {method} | {s['ap']['n']} | " + " | ".join(cell(s[key], d) for key, _, d in TRANSFER_COLUMNS)
+                     + f" | {s['top3_vs_random3']:.2f} | {pooled['precision']:.2f} of {pooled['confirmed']} |")
+    lines += ["", f"Random deletions (shared by the methods): 1 sentence changes the answer "
+              f"{cell(first['random1_changed'], 2)}, 3 sentences {cell(first['random3_changed'], 2)}. "
+              f"The stand-in's own LOO against gold: AUROC {cell(first['standin_gold_auroc'], 3)}, "
+              f"AP {cell(first['standin_gold_ap'], 3)}."]
+    reference = next(iter(report["summary"]))
+    lines += ["", "Paired differences, mean [95% bootstrap interval]:",
+              paired(report, reference, ("ap", "auroc", "spearman", "gold_auroc", "top3_changed"))]
+    return "\n".join(lines)
+
+
 def paired(report: dict, reference: str = "ropelime",
            metrics: tuple[str, ...] = ("auroc", "ap", "lds", "topk_minus_random")) -> str:
     """Per baseline: mean paired difference (reference − baseline) over the items both finished."""
@@ -205,6 +237,9 @@ def main(argv: list[str] | None = None) -> None:
         print(compact(reports, args.reports, base))
         return
     for report, path in zip(reports, args.reports):
+        if report.get("mode") == "transfer":
+            print(transfer_table(report, path), end="\n\n")
+            continue
         print(table(report, path), end="\n\n")
         if "ropelime" in report["summary"] and len(report["summary"]) > 1:
             print("Paired differences, mean [95% bootstrap interval]:\n" + paired(report), end="\n\n")

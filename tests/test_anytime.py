@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 
-from ropelime.anytime import MAX_CHUNK, PROGRESS_EVERY_S, Deadline, Rate, pace_of, plan_chunk, RankingWatch
+from ropelime.anytime import MAX_CHUNK, MIN_STEP_TOKENS, PROGRESS_EVERY_S, Deadline, Rate, pace_of, plan_chunk, RankingWatch
 
 
 def test_the_first_chunk_is_one_mask_until_the_pace_is_measured():
@@ -14,8 +15,14 @@ def test_the_first_chunk_is_one_mask_until_the_pace_is_measured():
     assert plan_chunk([500] * 40, pace, lambda j: 100.0, first=True) == 1
     pace.record(units=1000, seconds=0.1)  # 1e-4 s per token: 0.05 s per mask of 500 tokens
     assert plan_chunk([500] * 100, pace, lambda j: 100.0, first=False) == MAX_CHUNK
-    slow = Rate(1e-3)  # 0.5 s per mask: a few seconds per chunk at most
-    assert plan_chunk([500] * 40, slow, lambda j: 100.0, first=False) == int(PROGRESS_EVERY_S / 0.5)
+    slow = Rate(1e-4)  # 0.2 s per mask of 2,000 tokens: a few seconds per chunk at most
+    assert plan_chunk([2000] * 40, slow, lambda j: 100.0, first=False) == int(PROGRESS_EVERY_S / 0.2)
+
+
+def test_a_slow_surrogate_still_scores_an_efficient_batch_per_step_unless_the_deadline_is_near():
+    slow = Rate(1e-2)  # 1 s per mask of 100 tokens: the progress interval alone would allow 2 masks
+    assert plan_chunk([100] * 40, slow, lambda j: 100.0, first=False) == math.ceil(MIN_STEP_TOKENS / 100)
+    assert plan_chunk([100] * 40, slow, lambda j: 3.2, first=False) == 2  # 1.5 s per mask against the deadline
 
 
 def test_a_chunk_stops_before_the_deadline_but_the_first_always_scores_one():

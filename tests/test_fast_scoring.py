@@ -8,6 +8,8 @@ stays exact across sliding-window layers and logit soft-capping.
 
 from __future__ import annotations
 
+import copy
+
 import shutil
 
 import numpy as np
@@ -171,7 +173,8 @@ def test_engine_equals_plain_on_the_embedded_model(embedded_float32, hotpotqa_it
 @pytest.mark.slow
 def test_mixed_precision_orders_masks_like_float32_on_the_embedded_model(embedded_float32, hotpotqa_items):
     """The default precision on this CPU (bf16 products under autocast) against fp32, on 12 real masks."""
-    mixed = Surrogate(embedded_float32.model, embedded_float32.tokenizer, "mixed", torch.device("cpu"), "mixed")
+    mixed = Surrogate(copy.deepcopy(embedded_float32.model), embedded_float32.tokenizer, "mixed", torch.device("cpu"),
+                      "mixed")  # a copy: mixed precision stores the linear weights in bf16
     encoded, prefixes, response = hotpotqa_prompts(embedded_float32, hotpotqa_items[1], 12)
     exact = np.array([-row.logp.mean() for row in engine_scores(embedded_float32, encoded, prefixes, response, 8192)])
     close = np.array([-row.logp.mean() for row in engine_scores(mixed, encoded, prefixes, response, 8192)])

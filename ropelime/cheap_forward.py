@@ -1,0 +1,33 @@
+"""Two adjustments that make many small forward passes of a transformers model cheap on a CPU.
+
+Both leave every computed number unchanged (checked in tests/test_cheap_forward.py):
+
+- Mixed precision without the per-call weight cast: under `torch.autocast` each matrix product casts
+  its float32 weight to bfloat16 on every pass, which for a small batch costs more than the product.
+  The linear layers' weights are stored in bfloat16 once instead (exactly the values the cast would
+  give); embeddings and norms stay float32, and a tied output embedding gets its own bfloat16 copy.
+- A contiguous input to the output head: with output-only logits the head reads a slice of the last
+  hidden states, and for such a strided input `F.linear` falls back to a batched product that first
+  copies the whole transposed head (262k × 640 values for Gemma 3: 0.7 GB) on every pass.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def store_linear_weights_in_bf16(model: torch.nn.Module) -> None:
+    """Keep every `nn.Linear` weight and bias of `model` in bfloat16 (in place), untying a tied output embedding."""
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is model.get_input_embeddings().weight:
+        head.weight = torch.nn.Parameter(head.weight.detach().to(torch.bfloat16), requires_grad=False)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.to(torch.bfloat16)
+
+
+def contiguous_head_input(model: torch.nn.Module) -> None:
+    """Make the output head's input contiguous before it runs (a copy of a few rows, not of the head)."""
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))

@@ -1,0 +1,43 @@
+"""The forward-pass adjustments change no number: same logits as plain autocast, embeddings kept in float32."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from ropelime.cheap_forward import contiguous_head_input, store_linear_weights_in_bf16
+
+
+@pytest.fixture(scope="module")
+def tied_model() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+def output_logits(model: LlamaForCausalLM, ids: torch.Tensor, keep: int) -> torch.Tensor:
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        return model(input_ids=ids, logits_to_keep=keep).logits
+
+
+def test_adjusted_model_gives_the_same_output_logits_as_autocast(tied_model):
+    ids = torch.randint(3, 300, (3, 17))
+    adjusted = copy.deepcopy(tied_model)
+    store_linear_weights_in_bf16(adjusted)
+    contiguous_head_input(adjusted)
+    for keep in (1, 5):
+        assert torch.equal(output_logits(adjusted, ids, keep), output_logits(tied_model, ids, keep))
+
+
+def test_the_tied_input_embedding_stays_float32_and_the_head_gets_a_bf16_copy(tied_model):
+    adjusted = copy.deepcopy(tied_model)
+    store_linear_weights_in_bf16(adjusted)
+    assert adjusted.get_input_embeddings().weight.dtype == torch.float32
+    assert adjusted.get_output_embeddings().weight.dtype == torch.bfloat16
+    assert adjusted.get_output_embeddings().weight is not adjusted.get_input_embeddings().weight
+    assert all(m.weight.dtype == torch.bfloat16 for m in adjusted.modules() if isinstance(m, torch.nn.Linear))
+    assert torch.equal(adjusted.get_output_embeddings().weight, tied_model.get_output_embeddings().weight.bfloat16())
