@@ -35,7 +35,11 @@ MAX_CHUNK = 32
 MIN_STEP_TOKENS = 2048
 """Fewest tokens a step computes when the deadline allows, however slow the surrogate is: smaller steps
 make one-prompt batches, which waste most of a CPU (Gemma 3 270M, 2 cores, MMLU: 64 masks took 95 s
-in steps of one mask, 9 s in steps of 16; `benchmarks/scoring.py --steps`)."""
+in steps of one mask, 9 s in steps of 16)."""
+
+LONG_STEP_SHARE = 0.25
+"""A step that runs past `PROGRESS_EVERY_S` to reach `MIN_STEP_TOKENS` takes at most this share of the scoring
+time left, so that even a step several times slower than predicted (a loaded machine) ends inside the budget."""
 
 FINISH_S = 0.25
 """Seconds kept for building the result after the fit (features, notes, JSON)."""
@@ -134,8 +138,8 @@ def plan_chunk(work: Sequence[float], pace: Rate, left: Callable[[int], float], 
                limit: int = MAX_CHUNK) -> int:
     """How many of the next masks (their scoring work, in tokens, in order) to score in one step.
 
-    As many as are predicted to finish within `PROGRESS_EVERY_S` (or, if more, enough for `MIN_STEP_TOKENS`)
-    and, with a `SAFETY` factor, within `left(j)` seconds (the scoring time left when j more masks are
+    As many as are predicted to finish within `PROGRESS_EVERY_S` (or, if more, enough for `MIN_STEP_TOKENS`
+    while that takes at most `LONG_STEP_SHARE` of the time left) and, with a `SAFETY` factor, within `left(j)` seconds (the scoring time left when j more masks are
     scored); at least one in the `first` step, since
     an explanation needs its unperturbed prompt, and exactly one then when nothing was measured yet.
     Returns 0 when the next mask is not expected to fit.
@@ -145,7 +149,8 @@ def plan_chunk(work: Sequence[float], pace: Rate, left: Callable[[int], float], 
     taken, seconds, tokens = 0, 0.0, 0.0
     for units in work[:limit]:
         seconds += pace.predict(units) or 0.0
-        if taken and seconds > PROGRESS_EVERY_S and tokens >= MIN_STEP_TOKENS:
+        if taken and seconds > PROGRESS_EVERY_S and (tokens >= MIN_STEP_TOKENS
+                                                     or seconds > LONG_STEP_SHARE * left(taken + 1)):
             break
         tokens += units
         if seconds * SAFETY > left(taken + 1):

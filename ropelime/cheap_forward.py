@@ -6,9 +6,10 @@ Both leave every computed number unchanged (checked in tests/test_cheap_forward.
   its float32 weight to bfloat16 on every pass, which for a small batch costs more than the product.
   The linear layers' weights are stored in bfloat16 once instead (exactly the values the cast would
   give); embeddings and norms stay float32, and a tied output embedding gets its own bfloat16 copy.
-- A contiguous input to the output head: with output-only logits the head reads a slice of the last
-  hidden states, and for such a strided input `F.linear` falls back to a batched product that first
-  copies the whole transposed head (262k × 640 values for Gemma 3: 0.7 GB) on every pass.
+- A densely packed input to the output head: with output-only logits the head reads a slice of the
+  last hidden states, and for such a strided input and a weight that needs no gradient `F.linear`
+  falls back to a batched product that first copies the whole transposed head (262k × 640 values
+  for Gemma 3: 0.7 GB; 1.6 s of a 1.9 s one-prompt pass) on every pass.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ def store_linear_weights_in_bf16(model: torch.nn.Module) -> None:
 
 
 def contiguous_head_input(model: torch.nn.Module) -> None:
-    """Make the output head's input contiguous before it runs (a copy of a few rows, not of the head)."""
+    """Give the output head a densely packed input before it runs (a copy of a few rows, not of the head).
+
+    A copy, not `.contiguous()`: a slice with one row per dimension counts as contiguous while keeping
+    the strides of the full sequence, and those strides are what send `F.linear` down the slow path."""
     head = model.get_output_embeddings()
     if head is not None:
-        head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+        head.register_forward_pre_hook(
+            lambda module, args: (args[0].clone(memory_format=torch.contiguous_format), *args[1:]))

@@ -22,6 +22,7 @@ def test_the_first_chunk_is_one_mask_until_the_pace_is_measured():
 def test_a_slow_surrogate_still_scores_an_efficient_batch_per_step_unless_the_deadline_is_near():
     slow = Rate(1e-2)  # 1 s per mask of 100 tokens: the progress interval alone would allow 2 masks
     assert plan_chunk([100] * 40, slow, lambda j: 100.0, first=False) == math.ceil(MIN_STEP_TOKENS / 100)
+    assert plan_chunk([100] * 40, slow, lambda j: 20.0, first=False) == 5  # up to a quarter of the time left
     assert plan_chunk([100] * 40, slow, lambda j: 3.2, first=False) == 2  # 1.5 s per mask against the deadline
 
 

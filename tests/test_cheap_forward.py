@@ -41,3 +41,15 @@ def test_the_tied_input_embedding_stays_float32_and_the_head_gets_a_bf16_copy(ti
     assert adjusted.get_output_embeddings().weight is not adjusted.get_input_embeddings().weight
     assert all(m.weight.dtype == torch.bfloat16 for m in adjusted.modules() if isinstance(m, torch.nn.Linear))
     assert torch.equal(adjusted.get_output_embeddings().weight, tied_model.get_output_embeddings().weight.bfloat16())
+
+
+def test_the_head_sees_a_densely_packed_slice_even_for_one_row(tied_model):
+    """One prompt, output-only logits: the slice counts as contiguous but keeps the sequence's strides."""
+    adjusted = copy.deepcopy(tied_model)
+    contiguous_head_input(adjusted)
+    seen = []
+    adjusted.get_output_embeddings().register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    output_logits(adjusted, torch.randint(3, 300, (1, 17)), keep=4)
+    rows, keep, width = seen[0].shape
+    assert (rows, keep) == (1, 4)
+    assert seen[0].stride() == (keep * width, width, 1)
