@@ -9,7 +9,7 @@ Per item, with the stand-in's answer to the whole prompt as the fixed output:
 - per method: AP, AUROC and P@2 of the method's attributions against those top 2, and the
   Spearman correlation with the stand-in's attributions over all features;
 - answer change: does deleting the method's top-1 / top-3 features change the stand-in's answer
-  (token F1 to its answer below 1, `ropelime.verify.similarity`)? Against deleting 1 / 3 features
+  (token F1 to its answer below 1, `ropelime.verify.similarity`), and change it much (F1 below 0.5)? Against deleting 1 / 3 features
   drawn at random (seeded by the seed and the item id, one draw each, shared by all methods);
 - verification: `ropelime.verify` with K = 3 on the method's explanation; the precision of its
   `confirmed` verdicts against the stand-in's top 2 (pooled over items in the summary).
@@ -40,8 +40,11 @@ TOP_LOO = 2
 VERIFY_K = 3
 STANDIN_LOO = {"sampler": "loo", "kernel": "uniform", "solver": "ols", "target": "nll", "perturb": "delete"}
 
+CHANGED_MUCH = 0.5
+"""Token F1 to the original answer below which an answer counts as changed much (not just reworded)."""
+
 METRICS = ("ap", "auroc", "p_at_k", "spearman", "top1_changed", "top3_changed", "random1_changed",
-           "random3_changed", "confirmed_precision", "gold_ap", "gold_auroc", "standin_gold_ap", "standin_gold_auroc", "closed_calls", "surrogate_passes",
+           "random3_changed", "top1_changed_much", "top3_changed_much", "random1_changed_much", "random3_changed_much", "confirmed_precision", "gold_ap", "gold_auroc", "standin_gold_ap", "standin_gold_auroc", "closed_calls", "surrogate_passes",
            "seconds")
 
 
@@ -75,13 +78,20 @@ def recovery(scores: np.ndarray, loo: np.ndarray) -> dict[str, float]:
     return {**agreement(scores, truth), "spearman": float(rho)}
 
 
-def answer_changed(item: Item, features: list[Feature], removed: list[int], answer: str, closed: Closed) -> tuple[bool, bool]:
-    """Whether deleting the `removed` features changes the closed model's answer; and whether it called the model."""
+def answer_similarity(item: Item, features: list[Feature], removed: list[int], answer: str,
+                      closed: Closed) -> tuple[float, bool]:
+    """Token F1 of the closed model's answer with the `removed` features deleted to its original answer (1 = the
+    same answer); and whether it called the model."""
     keep = np.ones(len(features), dtype=bool)
     keep[removed] = False
     result = fetch_response(closed.model, perturb_text(item.prompt, features, keep, "delete"), cache_dir=cache_dir(),
                             timeout=closed.timeout, api_base=closed.api_base, max_tokens=closed.max_tokens)
-    return similarity(result.text, answer) < 1.0, not result.cached
+    return similarity(result.text, answer), not result.cached
+
+
+def changes(name: str, f1: float) -> dict[str, Any]:
+    """The record fields of one deletion: its similarity, changed at all (F1 < 1) and changed much."""
+    return {f"{name}_similarity": f1, f"{name}_changed": f1 < 1.0, f"{name}_changed_much": f1 < CHANGED_MUCH}
 
 
 def random_removals(item: Item, d: int, seed: int) -> dict[str, list[int]]:
@@ -108,8 +118,8 @@ def transfer_item(item: Item, methods: list[str], config: ExplainConfig, *, budg
                               "standin_gold_ap": standin_gold["ap"], "standin_gold_auroc": standin_gold["auroc"]}
     shared["item_closed_calls"] = int(not fetched.cached)  # the answer and the random removals, for all methods
     for name, removed in random_removals(item, len(features), config.seed).items():
-        shared[f"{name}_changed"], called = answer_changed(item, features, removed, answer, closed)
-        shared[name] = removed
+        f1, called = answer_similarity(item, features, removed, answer, closed)
+        shared |= {name: removed, **changes(name, f1)}
         shared["item_closed_calls"] += called
     base = config.model_copy(update={"granularity": item.granularity, "segments": item.segments})
     records = []
@@ -131,7 +141,8 @@ def transfer_item(item: Item, methods: list[str], config: ExplainConfig, *, budg
             calls += verified.closed_model_calls
             for n in (1, 3):
                 record[f"top{n}"] = top_indices(scores, n)
-                record[f"top{n}_changed"], called = answer_changed(item, features, record[f"top{n}"], answer, closed)
+                f1, called = answer_similarity(item, features, record[f"top{n}"], answer, closed)
+                record |= changes(f"top{n}", f1)
                 calls += called
             confirmed = [c.feature for c in verified.checks if c.verdict == "confirmed"]
             hits = len(set(confirmed) & set(shared["standin_top"]))
@@ -153,8 +164,9 @@ def summarise(records: list[dict], methods: list[str], seed: int = 0) -> dict[st
     for m in methods:
         mine = [r for r in records if r["method"] == m and "error" not in r]
         row: dict[str, Any] = {metric: mean_ci((r.get(metric) for r in mine), seed=seed) for metric in METRICS}
-        random3 = row["random3_changed"]["mean"]
-        row["top3_vs_random3"] = row["top3_changed"]["mean"] / random3 if random3 else float("nan")
+        for much in ("", "_much"):
+            random3 = row[f"random3_changed{much}"]["mean"]
+            row[f"top3_vs_random3{much}"] = row[f"top3_changed{much}"]["mean"] / random3 if random3 else float("nan")
         confirmed = sum(r["confirmed"] for r in mine)
         row["confirmed_pooled"] = {"precision": sum(r["confirmed_hits"] for r in mine) / confirmed if confirmed
                                    else float("nan"), "confirmed": confirmed}

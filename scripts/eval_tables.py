@@ -52,7 +52,9 @@ def table(report: dict, path: str) -> str:
 TRANSFER_COLUMNS = [("ap", "AP vs stand-in top 2", 3), ("auroc", "AUROC vs stand-in top 2", 3),
                     ("spearman", "Spearman vs stand-in LOO", 3), ("gold_auroc", "AUROC vs gold", 3),
                     ("top1_changed", "top-1 deletion changes answer", 2),
-                    ("top3_changed", "top-3 deletion changes answer", 2), ("closed_calls", "closed calls", 1),
+                    ("top3_changed", "top-3 deletion changes answer", 2),
+                    ("top3_changed_much", "top-3 deletion changes answer much (F1 < 0.5)", 2),
+                    ("closed_calls", "closed calls", 1),
                     ("seconds", "s / item", 1)]
 
 
@@ -65,14 +67,16 @@ def transfer_table(report: dict, path: str) -> str:
              f"stand-in {report['standin']}",
              "",
              "| method | n | " + " | ".join(title for _, title, _ in TRANSFER_COLUMNS)
-             + " | top-3 / random-3 change | confirmed precision (pooled) |",
+             + " | top-3 / random-3 change (much) | confirmed precision (pooled) |",
              "|---" * (len(TRANSFER_COLUMNS) + 4) + "|"]
     for method, s in report["summary"].items():
         pooled = s["confirmed_pooled"]
         lines.append(f"| {method} | {s['ap']['n']} | " + " | ".join(cell(s[key], d) for key, _, d in TRANSFER_COLUMNS)
-                     + f" | {s['top3_vs_random3']:.2f} | {pooled['precision']:.2f} of {pooled['confirmed']} |")
-    lines += ["", f"Random deletions (shared by the methods): 1 sentence changes the answer "
-              f"{cell(first['random1_changed'], 2)}, 3 sentences {cell(first['random3_changed'], 2)}. "
+                     + f" | {s['top3_vs_random3']:.2f} ({s.get('top3_vs_random3_much', float('nan')):.2f}) | "
+                     f"{pooled['precision']:.2f} of {pooled['confirmed']} |")
+    lines += ["", f"Random deletions (shared by the methods): 1 feature changes the answer "
+              f"{cell(first['random1_changed'], 2)}, 3 features {cell(first['random3_changed'], 2)} (much: "
+              f"{cell(first.get('random3_changed_much', {'n': 0}), 2)}). "
               f"The stand-in's own LOO against gold: AUROC {cell(first['standin_gold_auroc'], 3)}, "
               f"AP {cell(first['standin_gold_ap'], 3)}."]
     reference = next(iter(report["summary"]))
