@@ -25,7 +25,8 @@ from ropelime.cache import ScoreCache
 from ropelime.evaluate import DATA_FILES, load_items
 from ropelime.explain import explain
 from ropelime.schema import ExplainConfig
-from ropelime.surrogate import PRECISIONS, Surrogate
+from ropelime.loading import PRECISIONS
+from ropelime.surrogate import Surrogate
 
 ROOT = Path(__file__).resolve().parents[1]
 

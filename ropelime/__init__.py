@@ -5,6 +5,9 @@
     result.top(3)
     ropelime.verify(result, 3, model="openai/gpt-4o-mini")   # check the top 3 with the closed model
 
+    samples = ropelime.score(prompt, response, explain=context)   # score once …
+    ropelime.fit_samples(samples, output_span="Paris")           # … fit many (no surrogate pass)
+
 The names below load on first use, so `import ropelime` (and the CLI's `--help`) does not import torch.
 """
 
@@ -20,11 +23,14 @@ _EXPORTS = {
     "ExplainConfig": "ropelime.schema",
     "Explanation": "ropelime.schema",
     "FeatureScore": "ropelime.schema",
+    "ScoredSamples": "ropelime.samples",
     "Surrogate": "ropelime.surrogate",
     "audit": "ropelime.audit",
     "explain": "ropelime.explain",
+    "fit_samples": "ropelime.samples",
     "load_surrogate": "ropelime.explain",
     "refit": "ropelime.explain",
+    "score": "ropelime.explain",
     "verify": "ropelime.verify",
 }
 
@@ -33,7 +39,8 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from ropelime.audit import audit
     from ropelime.errors import Cancelled
-    from ropelime.explain import explain, load_surrogate, refit
+    from ropelime.explain import explain, load_surrogate, refit, score
+    from ropelime.samples import ScoredSamples, fit_samples
     from ropelime.schema import ExplainConfig, Explanation, FeatureScore
     from ropelime.surrogate import Surrogate
     from ropelime.verify import verify

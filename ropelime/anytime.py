@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ropelime.fit import SOLVERS
+
 PROGRESS_EVERY_S = 2.0
 """Longest predicted scoring step: progress, cancellation and the deadline are checked at least this often."""
 
@@ -78,7 +80,7 @@ MEASURABLE_FIT_FLOPS = 1e7
 """Smaller fits take mostly fixed overhead and would overstate the pace of larger ones."""
 
 LASSO_SECONDS_PER_FIT = 0.01
-"""Generous time of one small lasso fit (scikit-learn) in the bootstrap."""
+"""Generous time of one small iterative fit (scikit-learn's lasso) in the bootstrap."""
 
 
 def fit_flops(n: int, d: int, bootstrap: int) -> float:
@@ -127,7 +129,7 @@ class Deadline:
     def leave_room_for_fit(self, d: int, solver: str, bootstrap: int) -> None:
         """Add the fit's predicted seconds (over d features) to the work after scoring."""
         rate = _FIT_RATE.seconds_per_unit or FIT_SECONDS_PER_FLOP
-        if solver == "lasso":  # scikit-learn's coordinate descent, once per draw
+        if not SOLVERS[solver].closed_form:  # e.g. lasso: scikit-learn's coordinate descent, once per draw
             self.fixed_s += (bootstrap + 2) * LASSO_SECONDS_PER_FIT
             return
         self.per_mask_s += _fit_per_mask(d, bootstrap) * rate

@@ -26,8 +26,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 from ropelime.audit_report import AuditSummary, RunStats, summarise, summary_html
-from ropelime.closed import ClosedModelError
-from ropelime.errors import InputError
+from ropelime.errors import ClosedModelError, InputError
 from ropelime.explain import Progress, explain, load_surrogate
 from ropelime.files import write_atomic
 from ropelime.schema import ExplainConfig

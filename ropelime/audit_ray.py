@@ -14,6 +14,7 @@ import os
 from collections import deque
 from collections.abc import Callable
 
+from ropelime import settings
 from ropelime.audit import RayOptions, Record, Request, error_record, run_request
 from ropelime.audit_report import RunStats
 from ropelime.errors import InputError
@@ -69,7 +70,7 @@ class RayPool:
     def __init__(self, options: RayOptions, stats: RunStats, *, surrogate: str | None = None,
                  device: str | None = None, dtype: str | None = None, api_base: str | None = None) -> None:
         self.options, self.stats = options, stats
-        gpu = (device or os.environ.get("ROPELIME_DEVICE") or "").startswith("cuda")
+        gpu = (device or settings.device() or "").startswith("cuda")
         self._resources = {"num_cpus": options.cpus_per_worker, "num_gpus": 1 if gpu else 0}
         self._arguments = (surrogate, device, dtype, options.cpus_per_worker, api_base)
         self._started_ray = connect(options.address, options.log_to_driver)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ropelime.surrogate import TokenScores
+from ropelime.schema import TokenScores
 
 log = logging.getLogger(__name__)
 

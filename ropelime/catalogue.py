@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ropelime.errors import InputError
+from ropelime.errors import CatalogueError
 from ropelime.settings import cache_dir
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,6 @@ PromptFormat = Literal["chat", "plain"]
 AUTO = "auto"
 """The surrogate name that lets `choose_auto` pick the largest present surrogate that fits the time budget."""
 
-
-class CatalogueError(InputError):
-    """A catalogued surrogate that is not installed, not prepared or fails its checksum."""
 
 
 @dataclass(frozen=True)

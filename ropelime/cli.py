@@ -16,14 +16,12 @@ import sys
 import time
 from importlib.resources import files
 from pathlib import Path
-from typing import get_args
 
 from pydantic import ValidationError
 
+from ropelime import options
 from ropelime.catalogue import AUTO
-from ropelime.errors import InputError
-from ropelime.schema import (ExplainConfig, Granularity, Kernel, KernelCost, Perturbation, PromptFormatChoice, Sampler,
-                             SizeDistribution, Solver, Target)
+from ropelime.errors import InputError, RopeLimeError
 
 DEMO = files("ropelime.examples")
 SURROGATE_HELP = ("a catalogued name (ropelime models; default gemma3-270m), 'auto' (the largest installed one that "
@@ -39,16 +37,12 @@ def _read(path: str) -> str:
         raise InputError(f"cannot read {path}: it is not UTF-8 text.") from None
 
 
-_FLAGS = {"time_budget_s": "--time-budget", "segments": "--segment"}
-"""ExplainConfig fields whose CLI option is not --<field-with-dashes>."""
-
-
 def config_problem(error: ValidationError) -> str:
     """A ValidationError of the method options as one line naming the CLI options (no pydantic URLs)."""
     problems = []
     for e in error.errors():
         field = str(e["loc"][0]) if e["loc"] else "option"
-        flag = _FLAGS.get(field, "--" + field.replace("_", "-"))
+        flag = options.flag(field)
         message = e["msg"].replace("Input should be", "must be").replace("Value error, ", "")
         problems.append(f"{flag} {message}, got {e.get('input')!r}")
     return "; ".join(problems) + "."
@@ -68,39 +62,6 @@ def check_output(path: str | None, option: str) -> None:
         raise InputError(f"{option} {path}: the folder {folder} is not writable; choose another path.")
 
 
-def _method_options(m) -> None:
-    """The method choices shared by `explain` and `eval`, defaulting to ExplainConfig's."""
-    default = ExplainConfig()
-    m.add_argument("--sampler", choices=get_args(Sampler), default=default.sampler)
-    m.add_argument("--k", type=int, help="sparse_k: most features removed per mask (default: a quarter of them)")
-    m.add_argument("--sizes", choices=get_args(SizeDistribution), default=default.sizes,
-                   help="sparse_k: how often each number of removed features 1..k is drawn")
-    m.add_argument("--target", choices=get_args(Target), default=default.target)
-    m.add_argument("--kernel", choices=get_args(Kernel), default=default.kernel)
-    m.add_argument("--kernel-width", type=float, help="sigma of the locality kernel")
-    m.add_argument("--kernel-cost", choices=get_args(KernelCost), default=default.kernel_cost,
-                   help="rwmd_rope: ground cost between RoPE token vectors (cosine = 1 - cosine similarity)")
-    m.add_argument("--kernel-normalise", action=argparse.BooleanOptionalAction, default=default.kernel_normalise,
-                   help="rwmd_rope: divide distances by their largest one (--no-kernel-normalise: sigma applies "
-                        "to raw distances)")
-    m.add_argument("--perturb", choices=get_args(Perturbation), default=default.perturb)
-    m.add_argument("--prompt-format", choices=get_args(PromptFormatChoice), default=default.prompt_format,
-                   help="how the surrogate reads the prompt: chat (its chat template), plain, or auto (the format "
-                        "measured best for the surrogate)")
-    m.add_argument("--solver", choices=get_args(Solver), default=default.solver)
-    m.add_argument("--alpha", type=float, help="ridge / lasso regularisation")
-    m.add_argument("--seed", type=int, default=default.seed)
-
-
-def _method_config(args, **extra) -> ExplainConfig:
-    """The ExplainConfig of the method options (plus `extra` fields)."""
-    return ExplainConfig(sampler=args.sampler, k=args.k, sizes=args.sizes, target=args.target, kernel=args.kernel,
-                         kernel_width=args.kernel_width, kernel_cost=args.kernel_cost,
-                         kernel_normalise=args.kernel_normalise, perturb=args.perturb,
-                         prompt_format=args.prompt_format, solver=args.solver,
-                         alpha=args.alpha, seed=args.seed, **extra)
-
-
 def _explain_parser(sub) -> None:
     p = sub.add_parser("explain", help="attribute a response to the parts of its prompt",
                        description="Attribute a fixed response to the parts of its prompt with a local surrogate.")
@@ -117,14 +78,9 @@ def _explain_parser(sub) -> None:
     src.add_argument("--verify", type=int, default=0, metavar="K",
                      help="check the top K supporting features with --model itself (K + 1 more calls, cached)")
     m = p.add_argument_group("method")
-    m.add_argument("--granularity", choices=get_args(Granularity), default="sentence")
+    options.add_options(m, options.RUN)
     m.add_argument("--segment", action="append", metavar="START:END",
                    help="granularity=segments: a character span of the prompt (repeatable)")
-    m.add_argument("--budget", type=int, default=ExplainConfig().budget, help="perturbed prompts to score")
-    _method_options(m)
-    m.add_argument("--time-budget", type=float, help="stop scoring after this many seconds")
-    m.add_argument("--converge-top-k", type=int, metavar="K",
-                   help="stop scoring once the top-K features and their order stop changing")
     m.add_argument("--surrogate", help=SURROGATE_HELP)
     m.add_argument("--device", help="cpu, cuda, … (default: cuda when available)")
     o = p.add_argument_group("output")
@@ -160,9 +116,8 @@ def run_explain(args) -> int:
     started = time.perf_counter()  # the time budget counts from here: model loading included
     prompt, part, response, system = _inputs(args)
     try:
-        config = _method_config(args, granularity="segments" if args.segment else args.granularity,
-                                budget=args.budget, time_budget_s=args.time_budget,
-                                converge_top_k=args.converge_top_k, segments=_segments(args))
+        config = options.config_from_args(args, options.RUN, segments=_segments(args),
+                                          granularity="segments" if args.segment else args.granularity)
     except ValidationError as error:
         raise InputError(config_problem(error)) from None
     if args.top < 1:
@@ -257,8 +212,9 @@ def _eval_parser(sub) -> None:
     p.add_argument("--methods", default="ropelime",
                    help="comma-separated: ropelime (the options below), loo, contextcite, gsmile")
     m = p.add_argument_group("method (ropelime; loo and contextcite take target/perturb/seed from here)")
-    m.add_argument("--budget", default="64", help="perturbed prompts per explanation, or 'd' (= number of features)")
-    _method_options(m)
+    m.add_argument("--budget", default=str(options.field("budget").default),
+                   help="perturbed prompts per explanation, or 'd' (= number of features) (default: %(default)s)")
+    options.add_options(m, options.METHOD)
     m.add_argument("--surrogate", help=SURROGATE_HELP)
     m.add_argument("--device", help="cpu, cuda, …")
     c = p.add_argument_group("closed model (default: the gold answer is the fixed output)")
@@ -283,7 +239,7 @@ def run_eval(args, argv: list[str]) -> int:
     if args.transfer and not args.closed_local:
         raise InputError("--transfer needs --closed-local MODEL: the stand-in's own leave-one-out is computed locally.")
     try:
-        config = _method_config(args)
+        config = options.config_from_args(args, options.METHOD)
     except ValidationError as error:
         raise InputError(config_problem(error)) from None
 
@@ -373,12 +329,7 @@ def _audit_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="OUT.jsonl", help="results, one JSON record per line (appended)")
     p.add_argument("--html", metavar="SUMMARY.html", help="also write the summary as a self-contained page")
     m = p.add_argument_group("method (defaults for every request; a request's own keys win)")
-    m.add_argument("--granularity", choices=get_args(Granularity), default="sentence")
-    m.add_argument("--budget", type=int, default=ExplainConfig().budget, help="perturbed prompts to score")
-    _method_options(m)
-    m.add_argument("--time-budget", type=float, help="stop scoring each request after this many seconds")
-    m.add_argument("--converge-top-k", type=int, metavar="K",
-                   help="stop scoring once the top-K features and their order stop changing")
+    options.add_options(m, options.RUN)
     m.add_argument("--surrogate", help=SURROGATE_HELP)
     m.add_argument("--device", help="cpu, cuda, … (default: cuda when available)")
     m.add_argument("--api-base", help="base URL for the closed model (requests with 'model')")
@@ -402,8 +353,7 @@ def run_audit(args) -> int:
     from ropelime.audit import RayOptions, audit
     from ropelime.audit_report import print_summary, progress_bar
 
-    config = _method_config(args, granularity=args.granularity, budget=args.budget, time_budget_s=args.time_budget,
-                            converge_top_k=args.converge_top_k)
+    config = options.config_from_args(args, options.RUN)
     ray = RayOptions(address=args.ray, workers=args.ray_workers, cpus_per_worker=args.ray_cpus_per_worker,
                      log_to_driver=args.verbose) if args.ray else None
     bar, task = progress_bar(Console(stderr=True)), None
@@ -484,8 +434,8 @@ def run_serve(args) -> int:
     return serve(args)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `ropelime` console script."""
+def build_parser() -> argparse.ArgumentParser:
+    """The `ropelime` command line: one subcommand per job."""
     parser = argparse.ArgumentParser(prog="ropelime", description="Explain a closed LLM's answer with a local surrogate.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -497,26 +447,26 @@ def main(argv: list[str] | None = None) -> int:
     models = sub.add_parser("models", help="list the surrogate catalogue; prepare a surrogate once")
     models.add_argument("--prepare", nargs="?", const="gemma3-270m", metavar="NAME",
                         help="join, check and de-quantise a surrogate once into the cache (default: the embedded one)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ropelime` console script."""
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    from ropelime.closed import ClosedModelError
-
     try:
         if args.command == "eval":
             given = sys.argv[1:] if argv is None else argv
             return run_eval(args, given[given.index("eval") + 1:])
         return {"explain": run_explain, "verify": run_verify, "models": run_models, "serve": run_serve,
                 "audit": run_audit}[args.command](args)
-    except InputError as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
     except ValidationError as error:
         print(f"error: {config_problem(error)}", file=sys.stderr)
         return 2
-    except ClosedModelError as error:
+    except RopeLimeError as error:  # the CLI's one mapping of the library's errors (ropelime.errors)
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(error, InputError) else 1
     except KeyboardInterrupt:
         print("interrupted; scores computed so far are cached", file=sys.stderr)
         return 130

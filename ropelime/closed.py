@@ -16,10 +16,12 @@ import re
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from ropelime import settings
+from ropelime.errors import ClosedModelError, InputError
 from ropelime.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -38,9 +40,6 @@ _SECRET_PATTERNS = [
 ]
 _SECRET_ENV = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 
-
-class ClosedModelError(RuntimeError):
-    """The closed model could not give an answer; the message (one line) says what to do."""
 
 
 class ClosedResult(BaseModel):
@@ -291,3 +290,32 @@ def fetch_response(model: str, prompt: str, system: str | None = None, *, cache_
                           usage=_usage(litellm, response), latency_s=latency, cached=False)
     write_atomic(path, result.model_dump_json(indent=1))
     return result
+
+
+class FixedOutput(BaseModel):
+    """The response an explanation attributes: the caller's, or the closed model's answer (`answer`)."""
+
+    text: str
+    source: Literal["given", "closed_model"]
+    answer: ClosedResult | None = None
+
+    @property
+    def calls(self) -> int:
+        """Closed-model calls it took (a cached answer costs none)."""
+        return int(self.answer is not None and not self.answer.cached)
+
+
+def fixed_output(prompt: str, response: str | None = None, *, model: str | None = None, system: str | None = None,
+                 api_base: str | None = None, timeout: float = 60.0, max_tokens: int | None = None) -> FixedOutput:
+    """The whole retrieval of the fixed output: the given `response`, or `model`'s answer to the prompt (asked
+    once at temperature 0 with `timeout` per attempt, cached on disk under the cache dir; `fetch_response`).
+
+    Raises InputError when there is neither, ClosedModelError when the model gives no answer.
+    """
+    if response is not None:
+        return FixedOutput(text=response, source="given")
+    if not model:
+        raise InputError("give the response to explain, or a model to get it from.")
+    answer = fetch_response(model, prompt, system, cache_dir=settings.cache_dir(), timeout=timeout, api_base=api_base,
+                            max_tokens=max_tokens)
+    return FixedOutput(text=answer.text, source="closed_model", answer=answer)

@@ -160,12 +160,15 @@ def compare_samplers(
     already in it is reused, so calling again does not re-fit finished runs.
     Raises InputError, ClosedModelError, Cancelled.
     """
+    from dataclasses import replace
+
     from ropelime.anytime import Deadline
-    from ropelime.explain import explain as run_explain
-    from ropelime.explain import explanation_id, load_surrogate
+    from ropelime.closed import fixed_output
+    from ropelime.explain import check_inputs, check_response, default_cache, load_surrogate, score_planned
     from ropelime.faithfulness import default_k, evaluate_faithfulness
-    from ropelime.features import find_explain_span, split_features
-    from ropelime.settings import cache_dir
+    from ropelime.samples import explanation_id, fit_samples, resolve_config
+    from ropelime.scoring import prepare, split
+    from ropelime.settings import Limits
     from ropelime.surrogate import Surrogate
 
     started = time.perf_counter() if started is None else started
@@ -176,23 +179,23 @@ def compare_samplers(
     if min(budgets) < 1:
         raise InputError(f"budgets must be positive numbers of perturbed prompts, got {min(budgets)}.")
     config = ExplainConfig(**options)
-    span = find_explain_span(prompt, explain)
-    d = len(split_features(prompt, config.granularity, explain=span, segments=config.segments))
+    check_inputs(prompt, response, system=system, explain=explain)
+    limits = Limits.from_env()
+    span, features = split(prompt, explain, config, limits)
+    d = len(features)
     if d < 2:
         raise InputError(f"comparing samplers needs at least two features, the text to explain has {d}; "
                          "use a finer granularity or a longer text to explain.")
     k = default_k(d)
-    closed_calls, source = 0, "given"
-    if response is None:
-        if not model:
-            raise InputError("give the response to explain, or a model to get it from.")
-        from ropelime.closed import fetch_response
-
-        fetched = fetch_response(model, prompt, system, cache_dir=cache_dir(), api_base=api_base,
-                                 timeout=min(closed_timeout, max(1.0, deadline.remaining())))
-        response, closed_calls, source = fetched.text, 0 if fetched.cached else 1, "closed_model"
+    fixed = fixed_output(prompt, response, model=model, system=system, api_base=api_base,
+                         timeout=min(closed_timeout, max(1.0, deadline.remaining())))
+    response, closed_calls, source = fixed.text, fixed.calls, fixed.source
+    check_response(response)
     if not isinstance(surrogate, Surrogate):
         surrogate = load_surrogate(surrogate)
+    prepared = prepare(prompt, response, system=system, span=span, features=features, config=config,
+                       surrogate=surrogate, limits=limits)
+    cache = cache or default_cache()
 
     grid = [(b, s, seed) for b in budgets for s in samplers for seed in seeds]
     runs: list[Run] = []
@@ -212,8 +215,9 @@ def compare_samplers(
         run_id = explanation_id(prompt, system, span, response, run_config, surrogate.name, d=d)
         result = store.get(run_id) if store else None
         if result is None or not result.diagnostics.complete:
-            result = run_explain(prompt, response, system=system, explain=explain, config=run_config,
-                                 surrogate=surrogate, cache=cache, should_stop=should_stop, started=started)
+            samples = score_planned(replace(prepared, config=resolve_config(run_config, d)), cache=cache,
+                                    started=started, should_stop=should_stop)
+            result = fit_samples(samples, started=started)
             passes = result.cost.surrogate_forward_passes
             spent += passes
             if not result.diagnostics.complete:

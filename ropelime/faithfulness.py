@@ -21,7 +21,7 @@ from ropelime.explain import mask_targets
 from ropelime.samplers import sample_masks
 from ropelime.schema import Cost, Explanation
 from ropelime.surrogate import Surrogate
-from ropelime.targets import SUPPORT_SIGN
+from ropelime.targets import support_sign
 
 HELDOUT_SEED = 1_000_003
 """Offset of the held-out masks' seed, so they are drawn independently of any explanation's masks."""
@@ -97,7 +97,7 @@ def evaluate_faithfulness(
     removal = removal_masks(explanation, k, n_random, seed)
     values, cost = mask_targets(explanation, np.vstack([removal, held]), surrogate=surrogate, cache=cache,
                                  deadline=deadline)
-    support = SUPPORT_SIGN[explanation.config.target] * values
+    support = support_sign(explanation.config.target) * values
     full, removed = support[0], support[1:len(removal)]
     return Faithfulness(
         lds=lds(explanation, held, support[len(removal):]),

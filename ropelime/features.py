@@ -22,7 +22,7 @@ from numbers import Integral
 
 import pysbd
 
-from ropelime.errors import InputError
+from ropelime.errors import FeatureError
 from ropelime.schema import Feature, Granularity
 
 _WORD = re.compile(r"\S+")
@@ -34,9 +34,6 @@ _FEWER = {
     "segments": "give fewer, longer segments",
 }
 
-
-class FeatureError(InputError):
-    """The prompt cannot be split as asked; the message says what to do instead."""
 
 
 def find_explain_span(prompt: str, explain: str | None) -> tuple[int, int]:

@@ -15,16 +15,13 @@ as excluding 0 in simulation.) Interval ends within float noise of 0 are 0.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import Lasso
 from threadpoolctl import threadpool_limits
 
-from ropelime.schema import Solver
-
-DEFAULT_ALPHA: dict[str, float] = {"ridge": 1.0, "lasso": 0.01, "ols": 0.0}
+from ropelime.registry import Registry
 
 NOISE = 1e-12
 """Interval ends closer to 0 than this are 0 (float noise)."""
@@ -62,13 +59,21 @@ def _normal_equations(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float)
     return y_mean[:, 0] - np.einsum("bd,bd->b", x_mean, coef), coef
 
 
-def _solve_many(x: np.ndarray, y: np.ndarray, w: np.ndarray, solver: Solver,
-                alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Intercepts (B,) and coefficients (B, d), one fit per row of weights w (B, n)."""
-    if solver in ("ridge", "ols"):
-        return _normal_equations(x, y, w, alpha if solver == "ridge" else 0.0)
-    if solver != "lasso":
-        raise ValueError(f"unknown solver {solver!r}: choose ridge, ols or lasso")
+def ridge(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted ridge in closed form, one fit per row of weights w (B, n): intercepts (B,), coefficients (B, d)."""
+    return _normal_equations(x, y, w, alpha)
+
+
+def ols(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted minimum-norm least squares (alpha does not apply), one fit per row of weights w."""
+    return _normal_equations(x, y, w, 0.0)
+
+
+def lasso(x: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted lasso by scikit-learn's coordinate descent, one fit per row of weights w."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import Lasso
+
     intercepts, coefs = np.empty(len(w)), np.empty((len(w), x.shape[1]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -79,7 +84,37 @@ def _solve_many(x: np.ndarray, y: np.ndarray, w: np.ndarray, solver: Solver,
     return intercepts, coefs
 
 
-def _solve(x: np.ndarray, y: np.ndarray, w: np.ndarray, solver: Solver, alpha: float) -> tuple[float, np.ndarray]:
+@dataclass(frozen=True)
+class Solver:
+    """`function(x, y, w, alpha) -> (intercepts, coefficients)` for each row of weights w (B, n).
+
+    `default_alpha` is None for a solver without regularisation; `sparse` marks one that may zero every
+    coefficient (then refitted with a smaller alpha, see `fit_linear`); `closed_form` one whose time grows
+    with its arithmetic (`ropelime.anytime` predicts it), else each fit is timed as an iterative one."""
+
+    function: Callable[[np.ndarray, np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray]]
+    default_alpha: float | None = None
+    sparse: bool = False
+    closed_form: bool = True
+
+
+SOLVERS: Registry[Solver] = Registry("solver", {
+    "ridge": Solver(ridge, 1.0),
+    "ols": Solver(ols),
+    "lasso": Solver(lasso, 0.01, sparse=True, closed_form=False),
+}, wrap=Solver)
+"""The solvers by name (the choices of `ExplainConfig.solver`)."""
+
+
+def _solve_many(x: np.ndarray, y: np.ndarray, w: np.ndarray, solver: str,
+                alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Intercepts (B,) and coefficients (B, d), one fit per row of weights w (B, n)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}: choose {', '.join(SOLVERS)}")
+    return SOLVERS[solver].function(x, y, w, alpha)
+
+
+def _solve(x: np.ndarray, y: np.ndarray, w: np.ndarray, solver: str, alpha: float) -> tuple[float, np.ndarray]:
     intercepts, coefs = _solve_many(x, y, w[None, :], solver, alpha)
     return float(intercepts[0]), coefs[0]
 
@@ -105,7 +140,7 @@ def fit_linear(
     y: np.ndarray,
     weights: np.ndarray,
     *,
-    solver: Solver = "ridge",
+    solver: str = "ridge",
     alpha: float | None = None,
     seed: int = 0,
     bootstrap: int = 200,
@@ -122,12 +157,12 @@ def fit_linear(
     w = np.asarray(weights, dtype=np.float64)
     w = np.where(w > 1e-12 * w.max(initial=0.0), w, 0.0)  # negligible weights (and denormals) count as none
     w = w / w.mean() if w.mean() > 0 else np.ones_like(w)
-    alpha = DEFAULT_ALPHA[solver] if alpha is None else alpha
+    alpha = (SOLVERS[solver].default_alpha or 0.0) if alpha is None else alpha
     notes: list[str] = []
     if np.count_nonzero(w) == 1:
         notes.append("only one mask has weight, so every score is 0: widen the locality kernel (kernel_width)")
     intercept, coef = _solve(x, y, w, solver, alpha)
-    if solver == "lasso" and not np.any(coef) and _lasso_alpha_max(x, y, w) > 0:
+    if SOLVERS[solver].sparse and not np.any(coef) and _lasso_alpha_max(x, y, w) > 0:
         alpha = _lasso_alpha_max(x, y, w) / 10
         notes.append(f"lasso zeroed every feature; alpha lowered to {alpha:.3g}")
         intercept, coef = _solve(x, y, w, solver, alpha)

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from ropelime.schema import Sampler, SizeDistribution
+from ropelime.registry import Registry
 
 DEFAULT_K_FRACTION = 0.25
 """sparse_k with k=None: K = ceil(d * DEFAULT_K_FRACTION), at least 1 (provisional: to be measured)."""
@@ -50,7 +52,8 @@ def harmonic_sizes(k: int) -> np.ndarray:
     return weights / weights.sum()
 
 
-SIZE_DISTRIBUTIONS = {"uniform": uniform_sizes, "harmonic": harmonic_sizes}
+SIZE_DISTRIBUTIONS: Registry[Callable[[int], np.ndarray]] = Registry(
+    "size distribution", {"uniform": uniform_sizes, "harmonic": harmonic_sizes})
 """sparse_k: maps K to the probabilities of removing 1..K features."""
 
 
@@ -59,11 +62,12 @@ def default_k(d: int) -> int:
     return max(1, math.ceil(d * DEFAULT_K_FRACTION))
 
 
-def sample_masks(d: int, sampler: Sampler, budget: int, *, k: int | None = None,
-                 sizes: SizeDistribution = "uniform", seed: int = 0) -> np.ndarray:
+def sample_masks(d: int, sampler: str, budget: int, *, k: int | None = None,
+                 sizes: str = "uniform", seed: int = 0) -> np.ndarray:
     """Masks to score besides the unperturbed prompt: a (n, d) bool array, True = kept.
 
-    `k` and `sizes` apply to sparse_k only; `budget` to sparse_k and bernoulli (loo always gives d rows).
+    `sampler` names an entry of `SAMPLERS`; `k` and `sizes` apply to sparse_k only; `budget` to sparse_k
+    and bernoulli (loo always gives d rows).
     """
     if d <= 0:
         raise ValueError(f"no features to perturb (d={d}); the explainable text must hold at least one feature.")
@@ -71,16 +75,45 @@ def sample_masks(d: int, sampler: Sampler, budget: int, *, k: int | None = None,
         raise ValueError(f"budget must be a positive number of masks, got {budget}.")
     if k is not None and k < 1:
         raise ValueError(f"k (most features removed per mask) must be at least 1, got {k}.")
-    rng = np.random.default_rng(seed)
-    if sampler == "loo":
-        return ~np.eye(d, dtype=bool)
-    if sampler == "bernoulli":
-        return _bernoulli(d, budget, rng)
-    if sampler == "sparse_k":
-        if sizes not in SIZE_DISTRIBUTIONS:
-            raise ValueError(f"unknown size distribution {sizes!r}; use {' or '.join(SIZE_DISTRIBUTIONS)}.")
-        return _sparse_k(d, budget, default_k(d) if k is None else k, SIZE_DISTRIBUTIONS[sizes], rng)
-    raise ValueError(f"unknown sampler {sampler!r}; use sparse_k, loo or bernoulli.")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; use {', '.join(SAMPLERS)}.")
+    return SAMPLERS[sampler].function(d, budget, np.random.default_rng(seed), k=k, sizes=sizes)
+
+
+def loo(d: int, budget: int, rng: np.random.Generator, **_) -> np.ndarray:
+    """The d singletons: row i removes feature i."""
+    return ~np.eye(d, dtype=bool)
+
+
+def bernoulli(d: int, budget: int, rng: np.random.Generator, **_) -> np.ndarray:
+    """`budget` distinct masks keeping every feature with probability 0.5 (all of them when fewer exist)."""
+    return _bernoulli(d, budget, rng)
+
+
+def sparse_k(d: int, budget: int, rng: np.random.Generator, *, k: int | None = None, sizes: str = "uniform",
+             **_) -> np.ndarray:
+    """Masks removing 1..k features each, with balanced coverage (see the module)."""
+    if sizes not in SIZE_DISTRIBUTIONS:
+        raise ValueError(f"unknown size distribution {sizes!r}; use {' or '.join(SIZE_DISTRIBUTIONS)}.")
+    return _sparse_k(d, budget, default_k(d) if k is None else k, SIZE_DISTRIBUTIONS[sizes], rng)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """`function(d, budget, rng, *, k, sizes) -> (n, d) bool masks` (True = kept; never the all-kept row);
+    whether it draws `budget` masks (else its own number) and whether it takes `k`."""
+
+    function: Callable[..., np.ndarray]
+    uses_budget: bool = True
+    uses_k: bool = False
+
+
+SAMPLERS: Registry[Sampler] = Registry("sampler", {
+    "sparse_k": Sampler(sparse_k, uses_k=True),
+    "loo": Sampler(loo, uses_budget=False),
+    "bernoulli": Sampler(bernoulli),
+}, wrap=Sampler)
+"""The samplers by name (the choices of `ExplainConfig.sampler`)."""
 
 
 def _bernoulli(d: int, budget: int, rng: np.random.Generator) -> np.ndarray:

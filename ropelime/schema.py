@@ -1,20 +1,52 @@
-"""Plain data passed between the stages and returned to callers (pydantic models)."""
+"""Plain data passed between the stages and returned to callers (pydantic models and numpy records).
+
+`ExplainConfig` is the one declaration of every method option: its fields (type, default, choices,
+description) also make the CLI's options and the MCP tools' parameters (`ropelime.options`). The
+choices of the pluggable stages are the names in their registries (`ropelime.registry`).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
 
+from ropelime.fit import SOLVERS
+from ropelime.kernels import KERNELS
+from ropelime.perturb import PERTURBATIONS
+from ropelime.samplers import SAMPLERS, SIZE_DISTRIBUTIONS
+from ropelime.targets import TARGETS
+
 Granularity = Literal["word", "sentence", "paragraph", "segments"]
-Sampler = Literal["sparse_k", "loo", "bernoulli"]
-SizeDistribution = Literal["uniform", "harmonic"]
-Target = Literal["nll", "logit_prob", "kl", "js"]
-Kernel = Literal["rwmd_rope", "cosine", "uniform"]
+Sampler = Annotated[str, SAMPLERS]
+SizeDistribution = Annotated[str, SIZE_DISTRIBUTIONS]
+Target = Annotated[str, TARGETS]
+Kernel = Annotated[str, KERNELS]
 KernelCost = Literal["euclidean", "cosine"]
-Perturbation = Literal["delete", "placeholder"]
-Solver = Literal["ridge", "ols", "lasso"]
+Perturbation = Annotated[str, PERTURBATIONS]
+Solver = Annotated[str, SOLVERS]
 PromptFormatChoice = Literal["auto", "chat", "plain"]
+
+
+@dataclass
+class EncodedPrompt:
+    """A prompt rendered for the surrogate: token ids and, per token, its feature (-1 = fixed)."""
+
+    ids: list[int]
+    token_feature: np.ndarray
+    prompt_tokens: np.ndarray
+    """Indices of the tokens that come from the prompt text (not chat scaffolding)."""
+
+
+@dataclass
+class TokenScores:
+    """Per response token: log p(y_t) and, when a reference was given, KL and JS to it."""
+
+    logp: np.ndarray
+    kl: np.ndarray | None = None
+    js: np.ndarray | None = None
 
 
 class Feature(BaseModel):
@@ -38,14 +70,21 @@ class FeatureScore(Feature):
 class ExplainConfig(BaseModel):
     """Every method choice of an explanation; the defaults are the project's chosen method."""
 
-    granularity: Granularity = "sentence"
-    sampler: Sampler = "sparse_k"
-    budget: int = Field(64, ge=1, le=100_000, description="perturbed prompts to score (loo uses one per feature)")
+    granularity: Granularity = Field("sentence", description="the unit of a feature: word, sentence or paragraph "
+                                     "(the library and the CLI also take caller-given character spans)")
+    sampler: Sampler = Field("sparse_k", description="how the perturbation masks are drawn (sparse_k: a few "
+                             "features removed each, balanced coverage; loo: one at a time; bernoulli: each "
+                             "feature kept with probability 1/2)")
+    budget: int = Field(64, ge=1, le=100_000, description="perturbed prompts to score (loo uses one per feature); "
+                        "more is slower and steadier")
     k: int | None = Field(None, ge=1, description="sparse_k: largest number of features removed per mask; None = auto")
     sizes: SizeDistribution = Field("uniform", description="sparse_k: how many features a mask removes, 1..k: "
                                     "uniform, or harmonic (probability ∝ 1/size)")
-    target: Target = "nll"
-    kernel: Kernel = "rwmd_rope"
+    target: Target = Field("nll", description="what is measured per perturbed prompt (nll: mean negative "
+                           "log-likelihood of the response; logit_prob: its log-odds; kl, js: divergence of the "
+                           "next-token distributions)")
+    kernel: Kernel = Field("rwmd_rope", description="locality weighting of the perturbed prompts (rwmd_rope: "
+                           "relaxed word mover's distance in RoPE embedding space; cosine: LIME's; uniform: none)")
     kernel_width: float | None = Field(None, gt=0, description="sigma of the locality kernel; None = the kernel's default")
     kernel_cost: KernelCost = Field("euclidean", description="rwmd_rope: ground cost between RoPE token vectors in "
                                     "the RWMD: euclidean distance, or cosine (1 − cosine similarity, 0..2); "
@@ -54,14 +93,16 @@ class ExplainConfig(BaseModel):
                                    "before sqrt(exp(−D²/σ²)); False = kernel_width applies to the raw distances "
                                    "(euclidean ones grow with the embeddings' norms); the cosine and uniform "
                                    "kernels ignore it")
-    perturb: Perturbation = "delete"
+    perturb: Perturbation = Field("delete", description="delete the masked text, or replace it by a placeholder "
+                                  "that keeps token positions")
     prompt_format: PromptFormatChoice = Field("auto", description="how the surrogate reads the prompt: chat (its chat "
                                               "template, the response as the assistant turn), plain (the text as "
                                               "is), or auto (the format measured best for the surrogate)")
-    solver: Solver = "ridge"
+    solver: Solver = Field("ridge", description="the weighted linear fit: ridge, ols or lasso")
     alpha: float | None = Field(None, ge=0, description="regularisation of ridge / lasso; None = the solver's default")
-    seed: int = 0
-    time_budget_s: float | None = Field(None, gt=0, description="stop scoring before this many seconds would pass")
+    seed: int = Field(0, description="masks and intervals are deterministic per seed")
+    time_budget_s: float | None = Field(None, gt=0, description="stop scoring before this many seconds would pass "
+                                        "and return a partial result marked incomplete (null: no limit)")
     converge_top_k: int | None = Field(None, ge=1, description="stop scoring once the top-k features and their "
                                        "order stayed the same for two chunks; None = score the whole budget")
     segments: list[tuple[int, int]] | None = Field(

@@ -1,4 +1,5 @@
-"""The local surrogate: load a RoPE causal LM and score a fixed response under many prompts.
+"""The local surrogate: a loaded RoPE causal LM (`ropelime.loading`) that renders prompts and scores a fixed
+response under many of them; its RoPE geometry is in `ropelime.rope`.
 
 Scoring is teacher forcing: the surrogate reads its own chat template around a (perturbed) prompt,
 then the response tokens, and only the logits at the response positions are computed. Batches are
@@ -11,20 +12,18 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ropelime import catalogue
 from ropelime.attention import use_windowed_attention
-from ropelime.catalogue import EMBEDDED, PromptFormat, load_gguf
-from ropelime.errors import InputError
+from ropelime.catalogue import PromptFormat
 from ropelime.cheap_forward import contiguous_head_input, store_linear_weights_in_bf16
+from ropelime.errors import SurrogateError
 from ropelime.prefix_cache import PrefixKV, batch_cache, layout, shared_length
+from ropelime.rope import find_rotary, rope_vectors
+from ropelime.schema import EncodedPrompt, TokenScores
 
 log = logging.getLogger(__name__)
 
@@ -33,66 +32,6 @@ LOGIT_BUDGET = 1 << 26
 
 SCORE_CHUNK = 1 << 24
 """Logits turned into scores at once: bounds the temporaries of the divergences."""
-
-class SurrogateError(InputError):
-    """A surrogate that cannot be loaded or used; the message says what to do."""
-
-
-@dataclass
-class EncodedPrompt:
-    """A prompt rendered for the surrogate: token ids and, per token, its feature (-1 = fixed)."""
-
-    ids: list[int]
-    token_feature: np.ndarray
-    prompt_tokens: np.ndarray
-    """Indices of the tokens that come from the prompt text (not chat scaffolding)."""
-
-
-@dataclass
-class TokenScores:
-    """Per response token: log p(y_t) and, when a reference was given, KL and JS to it."""
-
-    logp: np.ndarray
-    kl: np.ndarray | None = None
-    js: np.ndarray | None = None
-
-
-def _resolve_device(device: str | None) -> torch.device:
-    device = device or os.environ.get("ROPELIME_DEVICE")
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-PRECISIONS = ("float32", "mixed", "bfloat16")
-"""float32; mixed: matrix products in bfloat16 (autocast; linear weights stored in bfloat16), float32 embeddings,
-norms and residual stream; bfloat16."""
-DEFAULT_PRECISION = "auto"
-"""mixed where bf16 is native, else float32: mixed changes attributions by less than their bootstrap interval
-(docs/EVALUATION.md), for about half the time."""
-
-
-def _resolve_precision(precision: str | None, device: torch.device) -> str:
-    """The compute precision: as asked (or $ROPELIME_DTYPE); 'auto' is 'mixed' where the hardware runs
-    bfloat16 natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else float32."""
-    precision = precision or os.environ.get("ROPELIME_DTYPE") or DEFAULT_PRECISION
-    if precision in PRECISIONS:
-        return precision
-    if precision != "auto":
-        raise SurrogateError(f"unknown dtype {precision!r}: give one of {', '.join(PRECISIONS)} or 'auto'.")
-    if device.type == "cuda":
-        return "mixed" if torch.cuda.is_bf16_supported() else "float32"
-    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return "mixed"
-    return "float32"
-
-
-def _find_rotary(model: torch.nn.Module) -> torch.nn.Module | None:
-    for module in model.modules():
-        if "Rotary" in type(module).__name__:
-            return module
-    return None
-
 
 class Surrogate:
     """A loaded causal LM with rotary position embeddings, ready to score responses."""
@@ -105,7 +44,7 @@ class Surrogate:
         self.tokenizer = tokenizer
         self.name = name
         self.device = device
-        self.rotary = _find_rotary(model)
+        self.rotary = find_rotary(model)
         if self.rotary is None:
             raise SurrogateError(
                 f"{name} has no rotary position embeddings; RoPE-LIME needs a RoPE model "
@@ -129,50 +68,11 @@ class Surrogate:
     @classmethod
     def load(cls, name: str | None = None, *, device: str | None = None, dtype: str | None = None) -> Surrogate:
         """Load a catalogued surrogate by name (None: the embedded default), a local directory, a GGUF
-        file or a hub id.
+        file or a hub id (see `ropelime.loading.load_model`)."""
+        from ropelime.loading import load_model
 
-        `dtype` is the compute precision ('float32', 'mixed', 'bfloat16' or 'auto'; default $ROPELIME_DTYPE
-        or DEFAULT_PRECISION).
-        """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        name = name or os.environ.get("ROPELIME_SURROGATE") or EMBEDDED
-        torch_device = _resolve_device(device)
-        precision = _resolve_precision(dtype, torch_device)
-        known = catalogue.entry(name)
-        hub_id = known.hub_id if known else None
-        path = Path(name).expanduser()
-        try:
-            if known and not hub_id:
-                path = catalogue.prepare(known)
-            if path.suffix == ".gguf":
-                if not path.is_file():
-                    raise SurrogateError(f"GGUF file {path} does not exist.")
-                tokenizer, model = load_gguf(path)
-            elif path.is_dir():
-                tokenizer = AutoTokenizer.from_pretrained(path)
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-            elif hub_id or (name.count("/") == 1 and not name.startswith((".", "/", "~"))):
-                hub_id = hub_id or name  # a hub model the user named: it downloads
-                tokenizer = AutoTokenizer.from_pretrained(hub_id)
-                model = AutoModelForCausalLM.from_pretrained(hub_id, dtype=torch.float32)
-            else:
-                raise SurrogateError(
-                    f"unknown surrogate {name!r}: give a catalogued name ({', '.join(catalogue.CATALOGUE)}; "
-                    f"see 'ropelime models'), a model directory, a .gguf file or a Hugging Face hub id (owner/name)."
-                )
-        except SurrogateError:
-            raise
-        except (OSError, ValueError, KeyError) as error:
-            if hub_id:
-                raise SurrogateError(f"could not load {name!r} from the Hugging Face hub ({hub_id}): "
-                                     f"{str(error).splitlines()[0]} — it downloads on first use, so connect to the "
-                                     "internet (and accept its licence on the hub if it is gated), or pick an "
-                                     "installed surrogate (ropelime models).") from error
-            raise SurrogateError(f"could not load surrogate {name!r}: {str(error).splitlines()[0]}") from error
-        weights = torch.bfloat16 if precision == "bfloat16" else torch.float32
-        return cls(model.to(torch_device, weights), tokenizer, known.name if known else name, torch_device, precision,
-                   prompt_format=known.prompt_format if known else None)
+        model, tokenizer, name, device, precision, prompt_format = load_model(name, device=device, dtype=dtype)
+        return cls(model, tokenizer, name, device, precision, prompt_format=prompt_format)
 
     def _placeholder_id(self) -> int:
         ids = self.tokenizer.encode(" _", add_special_tokens=False)
@@ -233,11 +133,10 @@ class Surrogate:
             raise SurrogateError("the response is empty; give the text whose support you want explained.")
         return ids
 
-    def response_positions(self, response: str, start: int, end: int) -> np.ndarray:
-        """Indices of the response tokens whose characters overlap response[start:end]."""
+    def response_offsets(self, response: str) -> list[tuple[int, int]]:
+        """The character span in the response of each of its tokens."""
         encoding = self.tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
-        return np.array([t for t, (a, b) in enumerate(encoding["offset_mapping"]) if a < end and b > start],
-                        dtype=np.int64)
+        return [(int(a), int(b)) for a, b in encoding["offset_mapping"]]
 
     # ---- scoring --------------------------------------------------------------------------
 
@@ -367,37 +266,9 @@ class Surrogate:
 
     # ---- RoPE embedding space -------------------------------------------------------------
 
-    @torch.inference_mode()
     def rope_vectors(self, ids: list[int], keep: np.ndarray | None = None) -> torch.Tensor:
-        """Input embeddings of the tokens rotated by the model's rotary embedding at their positions.
-
-        The embedding vector is cut into head-dim chunks and each chunk is rotated like a query
-        (the model's own frequencies and scaling); `keep` selects which tokens to return.
-        """
-        ids_t = torch.tensor([ids], device=self.device)
-        vectors = self.model.get_input_embeddings()(ids_t).float()
-        positions = torch.arange(len(ids), device=self.device).unsqueeze(0)
-        cos, sin = self._rotary(vectors, positions)
-        cos, sin = cos[0].float(), sin[0].float()
-        head = cos.shape[-1]
-        chunks = []
-        for start in range(0, vectors.shape[-1], head):
-            chunk = vectors[0, :, start:start + head]
-            half = chunk.shape[-1] // 2
-            c = torch.cat([cos[:, :half], cos[:, :half]], dim=-1)
-            s = torch.cat([sin[:, :half], sin[:, :half]], dim=-1)
-            rotated_half = torch.cat([-chunk[:, half:2 * half], chunk[:, :half]], dim=-1)
-            chunks.append(chunk[:, :2 * half] * c + rotated_half * s)
-        out = torch.cat(chunks, dim=-1)
-        return out if keep is None else out[torch.as_tensor(keep, device=self.device)]
-
-    def _rotary(self, x: torch.Tensor, positions: torch.Tensor):
-        parameters = inspect.signature(self.rotary.forward).parameters
-        if "layer_type" in parameters:
-            layer_types = list(getattr(self.model.config, "layer_types", None) or [])
-            most_common = max(set(layer_types), key=layer_types.count) if layer_types else None
-            return self.rotary(x, positions, layer_type=most_common)
-        return self.rotary(x, positions)
+        """The tokens' input embeddings rotated by the model's rotary embedding (`ropelime.rope.rope_vectors`)."""
+        return rope_vectors(self.model, self.rotary, ids, keep)
 
     def info(self) -> dict[str, object]:
         return {

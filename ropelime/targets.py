@@ -1,34 +1,74 @@
-"""Turn per-position scores of the fixed response into one scalar per mask."""
+"""Turn per-position scores of the fixed response into one scalar per mask.
+
+A target is a `Target` in `TARGETS`: its value over the selected response positions of one mask's
+scores, and the sign that turns a regression coefficient into support.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from ropelime.schema import Target
-from ropelime.surrogate import TokenScores
+from ropelime.registry import Registry
 
-SUPPORT_SIGN: dict[str, float] = {"nll": -1.0, "logit_prob": 1.0, "kl": -1.0, "js": -1.0}
-"""Sign that turns a regression coefficient into support: loss-like targets count negatively."""
+if TYPE_CHECKING:
+    from ropelime.schema import TokenScores
 
-
-def target_value(scores: TokenScores, target: Target, positions: slice | np.ndarray = slice(None)) -> float:
-    """The scalar target of one mask, optionally over a subset of response positions.
-
-    nll: mean -log p(y_t); logit_prob: log(p / (1 - p)) of the whole selected output (ContextCite);
-    kl / js: mean divergence from the unperturbed next-token distributions.
-    """
-    logp = scores.logp[positions]
-    if target == "nll":
-        return float(-logp.mean())
-    if target == "logit_prob":
-        total = float(logp.sum())
-        return total - float(np.log(-np.expm1(min(total, -1e-12))))
-    values = scores.kl if target == "kl" else scores.js
-    if values is None:
-        raise ValueError(f"target {target!r} needs the reference distributions; score with reference=...")
-    return float(values[positions].mean())
+Positions = slice | np.ndarray
 
 
-def target_vector(rows: list[TokenScores], target: Target, positions: slice | np.ndarray = slice(None)) -> np.ndarray:
+@dataclass(frozen=True)
+class Target:
+    """`function(scores, positions) -> float`; `sign` = -1 for loss-like targets (lower = more support)."""
+
+    function: Callable[[TokenScores, Positions], float]
+    sign: float = -1.0
+
+
+def nll(scores: TokenScores, positions: Positions) -> float:
+    """Mean -log p(y_t)."""
+    return float(-scores.logp[positions].mean())
+
+
+def logit_prob(scores: TokenScores, positions: Positions) -> float:
+    """log(p / (1 - p)) of the whole selected output (ContextCite)."""
+    total = float(scores.logp[positions].sum())
+    return total - float(np.log(-np.expm1(min(total, -1e-12))))
+
+
+def _divergence(name: str) -> Callable[[TokenScores, Positions], float]:
+    def mean_divergence(scores: TokenScores, positions: Positions) -> float:
+        values = getattr(scores, name)
+        if values is None:
+            raise ValueError(f"target {name!r} needs the reference distributions; score with reference=...")
+        return float(values[positions].mean())
+
+    mean_divergence.__doc__ = f"Mean {name.upper()} divergence from the unperturbed next-token distributions."
+    return mean_divergence
+
+
+TARGETS: Registry[Target] = Registry("target", {
+    "nll": Target(nll, -1.0),
+    "logit_prob": Target(logit_prob, 1.0),
+    "kl": Target(_divergence("kl"), -1.0),
+    "js": Target(_divergence("js"), -1.0),
+}, wrap=Target)
+"""The targets by name (the choices of `ExplainConfig.target`); a bare function given as a target is loss-like."""
+
+
+def support_sign(target: str) -> float:
+    """The sign that turns a regression coefficient (or a target value) into support for the response."""
+    return TARGETS[target].sign
+
+
+def target_value(scores: TokenScores, target: str, positions: Positions = slice(None)) -> float:
+    """The scalar target of one mask, optionally over a subset of response positions."""
+    return TARGETS[target].function(scores, positions)
+
+
+def target_vector(rows: list[TokenScores], target: str, positions: Positions = slice(None)) -> np.ndarray:
     """target_value for every row."""
     return np.array([target_value(r, target, positions) for r in rows], dtype=np.float64)

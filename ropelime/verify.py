@@ -28,9 +28,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ropelime.closed import FALLBACK, ClosedModelError, ClosedResult, cached_response, fetch_response
-from ropelime.errors import InputError
-from ropelime.errors import Cancelled
+from ropelime.closed import FALLBACK, ClosedResult, cached_response, fetch_response
+from ropelime.errors import Cancelled, ClosedModelError, InputError
 from ropelime.perturb import perturb_text
 from ropelime.schema import ControlCheck, Explanation, FeatureCheck, Verdict, Verification
 from ropelime.settings import cache_dir

@@ -3,8 +3,8 @@
     python scripts/eval_mmlu_letter.py --limit 30
 
 Run after `ropelime eval mmlu --limit N --methods ropelime,contextcite --budget 64 --seed 0 --reuse-scores`
-(same N): each explanation is refitted on the scores in the persistent cache with `output_span` = the
-letter, so no surrogate pass is needed. Prints the mean AUROC against the decisive words, with its
+(same N): each explanation's scored samples are read from the persistent cache once and fitted for the
+whole answer and for `output_span` = the letter, so no surrogate pass is needed. Prints the mean AUROC against the decisive words, with its
 bootstrap interval, per method and target span, and the paired difference letter − whole answer.
 """
 
@@ -17,7 +17,8 @@ import numpy as np
 
 from ropelime.cache import ScoreCache
 from ropelime.evaluate import BASELINES, DATA_FILES, agreement, gold_labels, load_items, mean_ci
-from ropelime.explain import explain
+from ropelime.explain import score
+from ropelime.samples import fit_samples
 from ropelime.schema import ExplainConfig
 from ropelime.settings import cache_dir
 from ropelime.surrogate import Surrogate
@@ -36,9 +37,10 @@ def main() -> None:
     auroc: dict[tuple[str, str], dict[str, float]] = {}
     for item in items:
         for method, config in configs.items():
+            samples = score(item.prompt, item.answer, explain=item.explain, config=config, surrogate=surrogate,
+                            cache=cache, cached_only=True)
             for span_name, span in (("whole answer", None), ("letter", item.answer[0])):
-                result = explain(item.prompt, item.answer, explain=item.explain, config=config, surrogate=surrogate,
-                                 cache=cache, output_span=span, cached_only=True)
+                result = fit_samples(samples, output_span=span)
                 features = sorted(result.features, key=lambda f: f.index)
                 value = agreement(np.array([f.score for f in features]), gold_labels(features, item.gold_spans))["auroc"]
                 if not np.isnan(value):

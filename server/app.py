@@ -19,9 +19,10 @@ import ropelime
 from ropelime.compare import DEFAULT_BUDGETS, DEFAULT_SAMPLERS, DEFAULT_SEEDS, Comparison, plot_faithfulness
 from ropelime.compare import compare_samplers as compare_grid
 from ropelime.errors import InputError
+from ropelime.options import choices, with_method_parameters
 from ropelime.render import to_html
 from ropelime.catalogue import EMBEDDED
-from ropelime.schema import ExplainConfig, Explanation, Kernel, Perturbation, Sampler, Solver, Target
+from ropelime.schema import ExplainConfig, Explanation, Sampler
 from ropelime.verify import check_request
 from ropelime_server.engine import (EngineOptions, engine_of, lifespan_for, run_job, tool_errors,
                                     validation_problems)
@@ -53,7 +54,10 @@ ExplainArg = Annotated[str | None, Field(description="the substring of the promp
 ToolGranularity = Literal["word", "sentence", "paragraph"]
 """The granularities a tool offers (caller-given segments are for the library and the CLI)."""
 
-GranularityArg = Annotated[ToolGranularity, Field(description="feature unit: word, sentence or paragraph")]
+EXPLAIN_OPTIONS = ("granularity", "budget", "sampler", "target", "kernel", "perturb", "seed", "time_budget_s")
+"""The method options explain_response offers (declared in ExplainConfig; see `ropelime.options`)."""
+TOOL_NARROWED = {"granularity": ToolGranularity}
+TOOL_DEFAULTS = {"time_budget_s": DEFAULT_TIME_BUDGET_S}
 VerifyArg = Annotated[int, Field(ge=0, le=20, description="check the top K supporting features with the closed model "
                                                       "itself: ask it again without each one, plus one control "
                                                       "call (K + 1 calls, cached); needs model. 0 = no check")]
@@ -82,11 +86,7 @@ def options_document(options: EngineOptions) -> dict:
         "surrogate": options.surrogate or EMBEDDED,
         "default_closed_model": options.default_model,
         "granularity": list(get_args(ToolGranularity)),
-        "sampler": list(get_args(Sampler)),
-        "target": list(get_args(Target)),
-        "kernel": list(get_args(Kernel)),
-        "perturb": list(get_args(Perturbation)),
-        "solver": list(get_args(Solver)),
+        **{name: choices(name) for name in ("sampler", "target", "kernel", "perturb", "solver")},
         "direction": list(get_args(Direction)),
         "defaults": {**defaults.model_dump(exclude={"segments", "time_budget_s"}),
                      "time_budget_s": DEFAULT_TIME_BUDGET_S},
@@ -130,6 +130,7 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
 
     @tool(mcp, title="Explain a response", annotations=ToolAnnotations(
         title="Explain a response", read_only_hint=True, idempotent_hint=True, open_world_hint=True))
+    @with_method_parameters(EXPLAIN_OPTIONS, after="explain", narrowed=TOOL_NARROWED, defaults=TOOL_DEFAULTS)
     async def explain_response(
         ctx: Context,
         prompt: Annotated[str | None, Field(description="the prompt (question, context) whose answer to explain, exactly "
@@ -138,19 +139,12 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
         model: ModelArg = None,
         system: SystemArg = None,
         explain: ExplainArg = None,
-        granularity: GranularityArg = "sentence",
-        budget: Annotated[int, Field(ge=1, le=100_000, description="perturbed prompts to score; more is slower and steadier")] = 64,
-        sampler: Annotated[Sampler, Field(description="masks: sparse_k (few features removed each), loo, bernoulli")] = "sparse_k",
-        target: Annotated[Target, Field(description="what is measured per perturbation: nll, logit_prob, kl, js")] = "nll",
-        kernel: Annotated[Kernel, Field(description="locality weighting: rwmd_rope, cosine, uniform")] = "rwmd_rope",
-        perturb: Annotated[Perturbation, Field(description="delete masked text, or placeholder to keep positions")] = "delete",
-        seed: Annotated[int, Field(description="masks are deterministic per seed")] = 0,
-        time_budget_s: TimeBudgetArg = DEFAULT_TIME_BUDGET_S,
         continue_from: Annotated[str | None, Field(description="explanation_id of an INCOMPLETE explanation to resume from "
                                                                "its cached scores; its inputs and method are reused and the "
                                                                "other arguments except time_budget_s and verify are "
                                                                "ignored")] = None,
         verify: VerifyArg = 0,
+        **method,
     ) -> Annotated[CallToolResult, Explanation]:
         """Attribute an answer to the parts of its prompt (words, sentences or paragraphs).
 
@@ -166,13 +160,12 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
             if previous is not None:
                 prompt, response, system = previous.prompt, previous.response, previous.system
                 explain = previous.prompt[previous.explain_start:previous.explain_end]
-                config = previous.config.model_copy(update={"time_budget_s": time_budget_s})
+                config = previous.config.model_copy(update={"time_budget_s": method["time_budget_s"]})
                 model = (model or previous.closed_model) if verify else None
             elif prompt is None:
                 raise InputError("give the prompt (or continue_from with the explanation_id of an incomplete explanation).")
             else:
-                config = ExplainConfig(granularity=granularity, budget=budget, sampler=sampler, target=target,
-                                       kernel=kernel, perturb=perturb, seed=seed, time_budget_s=time_budget_s)
+                config = ExplainConfig(**method)
                 model = model or (None if response is not None else engine.default_model)
 
             def job(progress, should_stop) -> Explanation:
@@ -253,6 +246,8 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
 
     @tool(mcp, title="Compare samplers", annotations=ToolAnnotations(
         title="Compare samplers", read_only_hint=True, idempotent_hint=True, open_world_hint=True))
+    @with_method_parameters(("granularity",), after="explain", narrowed=TOOL_NARROWED)
+    @with_method_parameters(("time_budget_s",), after="seeds", defaults=TOOL_DEFAULTS)
     async def compare_samplers(
         ctx: Context,
         prompt: PromptArg,
@@ -260,13 +255,12 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
         model: ModelArg = None,
         system: SystemArg = None,
         explain: ExplainArg = None,
-        granularity: GranularityArg = "sentence",
         samplers: Annotated[list[Sampler], Field(min_length=1, description="samplers to compare")] = list(DEFAULT_SAMPLERS),
         budgets: Annotated[list[Annotated[int, Field(ge=1, le=100_000)]], Field(
             min_length=1, description="budgets (perturbed prompts) to compare each sampler at")] = list(DEFAULT_BUDGETS),
         seeds: Annotated[list[int], Field(min_length=1, description="seeds per sampler and budget; two or more "
                                                                     "measure stability")] = list(DEFAULT_SEEDS),
-        time_budget_s: TimeBudgetArg = DEFAULT_TIME_BUDGET_S,
+        **method,
     ) -> Annotated[CallToolResult, Comparison]:
         """Compare samplers at equal budgets on one prompt and answer.
 
@@ -283,13 +277,12 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
 
             def job(progress, should_stop) -> Comparison:
                 return compare_grid(prompt, response, model=model, system=system, explain=explain,
-                                    samplers=samplers, budgets=budgets, seeds=seeds, time_budget_s=time_budget_s,
-                                    surrogate=engine.surrogate, cache=engine.cache, progress=progress,
-                                    should_stop=should_stop, api_base=engine.api_base,
-                                    closed_timeout=engine.closed_timeout, store=engine.store,
-                                    granularity=granularity, started=started)
+                                    samplers=samplers, budgets=budgets, seeds=seeds, surrogate=engine.surrogate,
+                                    cache=engine.cache, progress=progress, should_stop=should_stop,
+                                    api_base=engine.api_base, closed_timeout=engine.closed_timeout, store=engine.store,
+                                    started=started, **method)
 
-            comparison = await run_job(ctx, job, started=started, time_budget_s=time_budget_s)
+            comparison = await run_job(ctx, job, started=started, time_budget_s=method["time_budget_s"])
             plot = []
             if comparison.results:
                 png = plot_faithfulness(comparison)

@@ -6,7 +6,6 @@ call is cancelled."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,8 +20,8 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import ValidationError
 
-from ropelime.closed import ClosedModelError, scrub
-from ropelime.errors import Cancelled, InputError
+from ropelime.closed import scrub
+from ropelime.errors import Cancelled, InputError, RopeLimeError
 from ropelime.store import ExplanationStore
 
 if TYPE_CHECKING:  # torch loads in the background, after the server already answers
@@ -73,19 +72,14 @@ class EngineOptions:
     @classmethod
     def from_env(cls, **given: str | None) -> EngineOptions:
         """Given values first, then ROPELIME_SURROGATE / ROPELIME_DEVICE / ROPELIME_API_BASE / ROPELIME_MODEL
-        (and ROPELIME_CLOSED_TIMEOUT)."""
-        names = {"surrogate": "ROPELIME_SURROGATE", "device": "ROPELIME_DEVICE", "api_base": "ROPELIME_API_BASE",
-                 "default_model": "ROPELIME_MODEL"}
-        values = {key: given.get(key) or os.environ.get(var) or None for key, var in names.items()}
-        timeout = os.environ.get("ROPELIME_CLOSED_TIMEOUT")
-        try:
-            closed_timeout = float(timeout) if timeout else cls.closed_timeout
-        except ValueError:
-            raise InputError(f"ROPELIME_CLOSED_TIMEOUT={timeout!r} is not a number of seconds; set it to one, "
-                             "e.g. 60.") from None
-        if closed_timeout <= 0:
-            raise InputError(f"ROPELIME_CLOSED_TIMEOUT must be more than 0 seconds, got {timeout}.")
-        return cls(**values, closed_timeout=closed_timeout)
+        (and ROPELIME_CLOSED_TIMEOUT), read by `ropelime.settings`."""
+        from ropelime import settings
+
+        return cls(surrogate=given.get("surrogate") or settings.surrogate(),
+                   device=given.get("device") or settings.device(),
+                   api_base=given.get("api_base") or settings.api_base(),
+                   default_model=given.get("default_model") or settings.closed_model(),
+                   closed_timeout=settings.closed_timeout(cls.closed_timeout))
 
 
 def load_engine(engine: Engine, options: EngineOptions) -> None:
@@ -205,15 +199,16 @@ def one_line(text: str) -> str:
 
 @contextmanager
 def tool_errors() -> Iterator[None]:
-    """Turn every failure into a ToolError whose text tells the model what happened and what to do."""
+    """Turn every failure into a ToolError whose text tells the model what happened and what to do: the
+    server's one mapping of the library's errors (`ropelime.errors`)."""
     try:
         yield
     except ToolError:
         raise
-    except (InputError, ClosedModelError) as error:
-        raise ToolError(one_line(str(error))) from None
     except Cancelled as error:
         raise ToolError(f"{error}; call again with the same arguments to continue") from None
+    except RopeLimeError as error:
+        raise ToolError(one_line(str(error))) from None
     except ValidationError as error:
         raise ToolError(f"invalid option: {validation_problems(error)}") from None
     except Exception as error:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import hmac
 import logging
-import os
 import sys
 from typing import Any
 
@@ -35,11 +34,12 @@ def serve(args: argparse.Namespace) -> int:
 
     The server answers at once; the surrogate loads in the background (tool calls wait for it).
     """
+    from ropelime import settings
     from ropelime.errors import InputError
     from ropelime_server.app import build_server
     from ropelime_server.engine import EngineOptions
 
-    token = args.token or os.environ.get("ROPELIME_MCP_TOKEN") or None
+    token = args.token or settings.mcp_token()
     if args.http and args.host not in LOOPBACK and not token:
         print(f"error: refusing to serve on {args.host} without a token: set ROPELIME_MCP_TOKEN (or --token) so that "
               "requests must carry it, or serve on 127.0.0.1.", file=sys.stderr)

@@ -12,7 +12,7 @@ import numpy as np
 
 import ropelime
 from ropelime.cache import ScoreCache
-from ropelime.surrogate import TokenScores
+from ropelime.schema import TokenScores
 
 PROMPT = "The sky is blue. Paris is the capital of France. Cats sleep a lot."
 RESPONSE = "Paris."
@@ -39,7 +39,7 @@ def test_a_writer_killed_mid_transaction_leaves_the_cache_whole(tmp_path):
     child = textwrap.dedent(f"""
         import os, numpy as np
         from ropelime.cache import ScoreCache, _pack
-        from ropelime.surrogate import TokenScores
+        from ropelime.schema import TokenScores
         cache = ScoreCache({str(path)!r})
         cache._db.execute("BEGIN")
         cache._db.execute("INSERT INTO scores VALUES ('ctx', 'lost', ?)", (_pack(TokenScores(np.array([-2.0]))),))

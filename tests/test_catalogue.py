@@ -12,7 +12,8 @@ import textwrap
 import pytest
 
 from ropelime import catalogue
-from ropelime.catalogue import CatalogueError, Entry
+from ropelime.catalogue import Entry
+from ropelime.errors import CatalogueError
 from ropelime.evaluate import mmlu_item
 
 
@@ -67,7 +68,8 @@ def test_catalogue_names_resolve():
 def test_hub_name_offline_is_refused_with_what_to_do(tmp_path):
     # a child process, so HF_HUB_OFFLINE is read fresh: no download is attempted
     code = textwrap.dedent("""
-        from ropelime.surrogate import Surrogate, SurrogateError
+        from ropelime.errors import SurrogateError
+        from ropelime.surrogate import Surrogate
         try:
             Surrogate.load("qwen2.5-0.5b-instruct", device="cpu")
         except SurrogateError as error:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ropelime.closed import ClosedModelError, ClosedResult, fetch_response, scrub
+from ropelime.closed import ClosedResult, fetch_response, scrub
+from ropelime.errors import ClosedModelError
 from tests.openai_stub import OpenAIStub
 
 SENTINEL = "sk-test-SENTINEL"

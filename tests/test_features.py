@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ropelime.errors import InputError
-from ropelime.features import FeatureError, find_explain_span, split_features
+from ropelime.errors import FeatureError
+from ropelime.features import find_explain_span, split_features
 
 CONTEXT = ("Paris is the capital of France. It lies on the Seine.\n\n"
            "Berlin is the capital of Germany.\nIt has a famous wall.")

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from ropelime.kernels import kernel_weights, mask_cosine_distance, rwmd, weights_from_distances
+from ropelime.kernels import kernel_weights, mask_cosine_distance, weights_from_distances
 from ropelime.perturb import perturb_tokens
+from ropelime.rope import rwmd
 from ropelime.schema import ExplainConfig
 
 
@@ -51,7 +52,7 @@ def test_kernel_weights():
     assert cosine[0] == 1.0 and cosine[0] > cosine[1] > cosine[2] > 0
     np.testing.assert_allclose(mask_cosine_distance(masks)[0], 0)
     assert np.all(kernel_weights("uniform", masks) == 1)
-    weights = kernel_weights("rwmd_rope", masks, rwmd_distances=np.array([0.0, 2.0, 8.0]))
+    weights = kernel_weights("rwmd_rope", masks, distances=np.array([0.0, 2.0, 8.0]))
     assert weights[0] == 1 and weights[0] > weights[1] > weights[2]
     # normalised: scaling all distances does not change the weights
     np.testing.assert_allclose(weights_from_distances(np.array([0, 2, 8.0]), 0.5),
@@ -82,8 +83,8 @@ def test_cosine_cost_ignores_vector_lengths():
 def test_normalise_divides_by_the_largest_distance():
     masks = np.ones((3, 4), bool)
     far = np.array([0.0, 0.2, 0.4])  # largest distance 0.4: normalising stretches it to 1
-    normalised = kernel_weights("rwmd_rope", masks, rwmd_distances=far)
-    raw = kernel_weights("rwmd_rope", masks, rwmd_distances=far, normalise=False)
+    normalised = kernel_weights("rwmd_rope", masks, distances=far)
+    raw = kernel_weights("rwmd_rope", masks, distances=far, normalise=False)
     np.testing.assert_allclose(raw, np.sqrt(np.exp(-far ** 2 / 0.5 ** 2)))
     np.testing.assert_allclose(normalised, np.sqrt(np.exp(-(far / 0.4) ** 2 / 0.5 ** 2)))
     assert raw[0] == normalised[0] == 1 and np.all(raw[1:] > normalised[1:])
@@ -97,25 +98,25 @@ def test_normalise_divides_by_the_largest_distance():
 
 
 def test_rwmd_rope_cost_is_threaded_to_the_surrogate_vectors(tiny_surrogate):
-    from ropelime.explain import rwmd_distances
+    from ropelime.rope import RWMDToPrompt
 
     prompt = "The sky is blue. Paris is the capital of France. Cats sleep a lot."
     encoded = tiny_surrogate.encode_prompt(prompt, None, [(0, 17), (17, 49), (49, len(prompt))])
     perturbed = [perturb_tokens(encoded, np.array(m, bool), "delete", tiny_surrogate.placeholder_id)
                  for m in ([1, 1, 1], [1, 0, 1], [0, 0, 1])]
-    euclidean = rwmd_distances(tiny_surrogate, encoded, perturbed)
-    cosine = rwmd_distances(tiny_surrogate, encoded, perturbed, "cosine")
+    euclidean = np.array([RWMDToPrompt(tiny_surrogate, encoded)(*p) for p in perturbed])
+    cosine = np.array([RWMDToPrompt(tiny_surrogate, encoded, "cosine")(*p) for p in perturbed])
     assert euclidean[0] == pytest.approx(0.0, abs=1e-3) and cosine[0] == pytest.approx(0.0, abs=1e-6)
     assert np.all(cosine[1:] > 0) and np.all(cosine <= 2) and not np.allclose(cosine, euclidean)
 
 
 def method_config(argv: list[str]) -> ExplainConfig:
     """The config `ropelime explain` / `ropelime eval` build from these method options."""
-    from ropelime.cli import _method_config, _method_options
+    from ropelime.options import METHOD, add_options, config_from_args
 
     parser = argparse.ArgumentParser()
-    _method_options(parser)
-    return _method_config(parser.parse_args(argv))
+    add_options(parser, METHOD)
+    return config_from_args(parser.parse_args(argv), METHOD)
 
 
 def test_cli_kernel_options_default_to_the_config():

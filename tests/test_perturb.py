@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from ropelime.features import split_features
 from ropelime.perturb import PLACEHOLDER, perturb_text, perturb_tokens
-from ropelime.surrogate import EncodedPrompt
+from ropelime.schema import EncodedPrompt
 
 PROMPT = "Context: The capital of France is Paris.\n\nQuestion: What is the capital of France?"
 CONTEXT = (9, PROMPT.index("\n\nQuestion"))

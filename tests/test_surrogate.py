@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ropelime.surrogate import Surrogate, SurrogateError
+from ropelime.errors import SurrogateError
+from ropelime.surrogate import Surrogate
 from tests.conftest import build_tiny_model
 
 PROMPT = "Context: The sky is blue. Paris is the capital of France. Cats sleep a lot. Question: capital of France?"

@@ -15,7 +15,7 @@ import pytest
 
 import ropelime
 from ropelime.errors import InputError
-from ropelime.explain import Cancelled
+from ropelime.errors import Cancelled
 from ropelime.schema import Explanation
 from ropelime.verify import MARGIN, similarity, summary_lines, verdict, words
 from tests.openai_stub import OpenAIStub

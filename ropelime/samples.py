@@ -1,0 +1,203 @@
+"""Score once, fit many: the scored perturbations of one explanation (`ScoredSamples`) and the fit that
+turns them into an `Explanation` (`fit_samples`).
+
+Scoring is the expensive step (`ropelime.scoring`); fitting is cheap. So the parts of the response
+to attribute (`output_span`), the target, the solver and the kernel's width and normalisation can
+change after scoring without another surrogate pass: fit the same `ScoredSamples` again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import version
+
+import numpy as np
+
+from ropelime.anytime import record_fit
+from ropelime.cache import digest
+from ropelime.errors import InputError
+from ropelime.fit import SOLVERS, fit_linear
+from ropelime.kernels import KERNELS, kernel_weights
+from ropelime.reliability import assess
+from ropelime.samplers import SAMPLERS, default_k
+from ropelime.schema import (Cost, Diagnostics, ExplainConfig, Explanation, Feature, FeatureScore, SurrogateInfo,
+                             TokenScores)
+from ropelime.targets import support_sign, target_vector
+
+BOOTSTRAP = 200
+"""Bootstrap draws of the fit's intervals."""
+
+FIT_OPTIONS = frozenset({"target", "solver", "alpha", "kernel", "kernel_width", "kernel_normalise"})
+"""The method options a refit of scored samples may change (the others choose what is scored)."""
+
+Positions = slice | np.ndarray
+
+
+@dataclass
+class ScoredSamples:
+    """The scored perturbations of one prompt and response on one surrogate, ready to fit.
+
+    `masks` are the scored masks in order (row 0 keeps every feature), `scores` the surrogate's
+    per-token scores of the response after each, `distances` each mask's kernel distance to the
+    prompt (None when the kernel needs none). `config` is resolved for the features (see
+    `resolve_config`); `cost` is what scoring cost, `stopped` why it ended early ("time budget",
+    "converged") or None.
+    """
+
+    prompt: str
+    system: str | None
+    span: tuple[int, int]
+    response: str
+    features: list[Feature]
+    config: ExplainConfig
+    masks: np.ndarray
+    scores: list[TokenScores]
+    distances: np.ndarray | None
+    planned: int
+    surrogate: SurrogateInfo
+    response_offsets: list[tuple[int, int]]
+    """The character span in the response of each response token."""
+    cost: Cost = field(default_factory=Cost)
+    stopped: str | None = None
+    untokenised: list[int] = field(default_factory=list)
+    """Features that share all their tokens with a neighbour (their scores are 0)."""
+    response_source: str = "given"
+    closed_model: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every planned mask was scored."""
+        return len(self.scores) == self.planned
+
+    def positions(self, output_span: str | None) -> Positions:
+        """The response token positions a target over `output_span` covers (all for None)."""
+        return output_positions(self.response, self.response_offsets, output_span)
+
+    def targets(self, target: str | None = None, output_span: str | None = None) -> np.ndarray:
+        """The target of every scored mask (default: the samples' own target) over `output_span`."""
+        return target_vector(self.scores, target or self.config.target, self.positions(output_span))
+
+
+def output_positions(response: str, offsets: list[tuple[int, int]], output_span: str | None) -> Positions:
+    """The response token positions (tokens at `offsets`) overlapping `output_span`: all for None."""
+    if output_span is None:
+        return slice(None)
+    start = response.find(output_span) if output_span.strip() else -1
+    if start < 0:
+        raise InputError(f"output_span {output_span[:60]!r} is not a substring of the response; "
+                         "copy a part of the response exactly, or leave it out to explain the whole response.")
+    end = start + len(output_span)
+    positions = np.array([t for t, (a, b) in enumerate(offsets) if a < end and b > start], dtype=np.int64)
+    if not len(positions):
+        raise InputError("output_span covers no token of the response; give a longer part of the response.")
+    return positions
+
+
+def resolve_config(config: ExplainConfig, d: int) -> ExplainConfig:
+    """The config with the values an explanation over d features uses in place of None: sparse_k's k,
+    the ridge/lasso alpha and the kernel width (None stays where the option does not apply)."""
+    uses_k = SAMPLERS[config.sampler].uses_k
+    resolved = {
+        "k": min(config.k or default_k(d), max(d - 1, 1)) if uses_k else config.k,
+        "alpha": SOLVERS[config.solver].default_alpha if config.alpha is None else config.alpha,
+        "kernel_width": KERNELS[config.kernel].default_width if config.kernel_width is None else config.kernel_width,
+    }
+    return config.model_copy(update=resolved)
+
+
+def _identity_config(config: ExplainConfig, d: int) -> ExplainConfig:
+    """The config with resolved values that equal the defaults written as None, so that a config and its
+    resolved copy (`resolve_config`) name the same explanation."""
+    defaults = resolve_config(config.model_copy(update={"k": None, "alpha": None, "kernel_width": None}), d)
+    resolved = resolve_config(config, d)
+    return resolved.model_copy(update={name: None for name in ("k", "alpha", "kernel_width")
+                                       if getattr(resolved, name) == getattr(defaults, name)})
+
+
+def explanation_id(prompt: str, system: str | None, span: tuple[int, int], response: str,
+                   config: ExplainConfig, surrogate_name: str, output_span: str | None = None, *, d: int) -> str:
+    """Content hash of the inputs and method over d features (the time budget does not change the result's
+    identity, nor does writing a default value out)."""
+    method = _identity_config(config, d).model_dump(exclude={"time_budget_s"})
+    parts = [prompt, system, span, response, sorted(method.items()), surrogate_name]
+    return digest(*parts, *([output_span] if output_span is not None else []))[:16]
+
+
+def _refit_config(samples: ScoredSamples, options: dict) -> ExplainConfig:
+    """The samples' config with the fit options changed; refuses options that would need new scores."""
+    unknown = sorted(set(options) - FIT_OPTIONS)
+    if unknown:
+        raise InputError(f"{', '.join(unknown)} choose what is scored, not how it is fitted; explain again to change "
+                         f"{'it' if len(unknown) == 1 else 'them'} (a refit takes {', '.join(sorted(FIT_OPTIONS))}).")
+    config = ExplainConfig.model_validate(samples.config.model_dump() | options)
+    kernel = KERNELS[config.kernel]
+    if kernel.distance is not None and samples.distances is None:
+        raise InputError(f"the {config.kernel} kernel needs distances measured on the surrogate, which these samples "
+                         "lack; explain again with that kernel.")
+    return resolve_config(config, len(samples.features))
+
+
+def fit_samples(samples: ScoredSamples, *, output_span: str | None = None, notes: list[str] | None = None,
+                started: float | None = None, **options) -> Explanation:
+    """Fit the weighted linear model on scored samples and build the Explanation (no surrogate pass).
+
+    `output_span` (a substring of the response) attributes only that part of the answer; `options`
+    change how the samples are fitted (`FIT_OPTIONS`: target, solver, alpha, kernel, kernel_width,
+    kernel_normalise); `notes` are appended to the fit's own. The cost is the samples' with the seconds
+    since `started` (a `time.perf_counter()` time; default now).
+    """
+    started = time.perf_counter() if started is None else started
+    config = _refit_config(samples, options) if options else samples.config
+    d = len(samples.features)
+    positions = samples.positions(output_span)
+    y = target_vector(samples.scores, config.target, positions)
+    weights = kernel_weights(config.kernel, samples.masks, width=config.kernel_width, distances=samples.distances,
+                             normalise=config.kernel_normalise)
+    fit_started = time.perf_counter()
+    fit = fit_linear(samples.masks, y, weights, solver=config.solver, alpha=config.alpha, seed=config.seed,
+                     bootstrap=BOOTSTRAP)
+    if SOLVERS[config.solver].closed_form:
+        record_fit(len(samples.masks), d, BOOTSTRAP, time.perf_counter() - fit_started)
+    sign = support_sign(config.target)
+    scores = sign * fit.coef
+    low, high = np.minimum(sign * fit.ci_low, sign * fit.ci_high), np.maximum(sign * fit.ci_low, sign * fit.ci_high)
+    ranks = np.empty(d, dtype=int)
+    ranks[np.argsort(-scores, kind="stable")] = np.arange(1, d + 1)
+    features = [FeatureScore(**f.model_dump(), score=float(scores[i]), ci_low=float(low[i]), ci_high=float(high[i]),
+                             rank=int(ranks[i])) for i, f in enumerate(samples.features)]
+    diagnostics = Diagnostics(r2=fit.r2, samples=len(samples.scores), planned_samples=samples.planned,
+                              complete=samples.complete, surrogate_nll=float(-samples.scores[0].logp[positions].mean()),
+                              notes=[*fit.notes, *sampling_notes(samples, config), *(notes or [])])
+    diagnostics.reliability = assess(diagnostics, features)
+    cost = samples.cost.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
+    return Explanation(
+        id=explanation_id(samples.prompt, samples.system, samples.span, samples.response, config,
+                          samples.surrogate.name, output_span, d=d),
+        prompt=samples.prompt, system=samples.system, explain_start=samples.span[0], explain_end=samples.span[1],
+        response=samples.response, response_source=samples.response_source, output_span=output_span,
+        closed_model=samples.closed_model if samples.response_source == "closed_model" else None,
+        features=features, config=config, diagnostics=diagnostics, cost=cost, surrogate=samples.surrogate,
+        provenance={"ropelime": version("ropelime"), "torch": version("torch"),
+                    "transformers": version("transformers"), "seed": str(config.seed)},
+    )
+
+
+def sampling_notes(samples: ScoredSamples, config: ExplainConfig) -> list[str]:
+    """What the reader should know about the samples: untokenised features, fewer masks than the budget,
+    and why scoring stopped early."""
+    notes = []
+    if samples.untokenised:
+        notes.append(f"features {samples.untokenised} share tokens with a neighbour; their scores are 0")
+    sampler = SAMPLERS[config.sampler]
+    d, planned, scored = len(samples.features), samples.planned, len(samples.scores)
+    if sampler.uses_budget and planned - 1 < config.budget:
+        notes.append(f"only {planned - 1} distinct perturbations exist for {d} features with {config.sampler}"
+                     + (f" (k = {config.k})" if sampler.uses_k else "")
+                     + f", fewer than the budget of {config.budget}; all of them are scored")
+    if samples.stopped == "converged":
+        notes.append(f"the top-{config.converge_top_k} ranking settled after {scored} of {planned} samples; "
+                     "scoring stopped early")
+    elif not samples.complete:
+        notes.append(f"time budget reached after {scored} of {planned} samples; call again to continue")
+    return notes

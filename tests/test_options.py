@@ -1,0 +1,145 @@
+"""One declaration per method option: the CLI's `--help`, the MCP tools' input schemas, the options resource
+and `ExplainConfig` agree on every option's choices and default; a stage added to its registry reaches
+all of them; a callable stage is accepted by `explain`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from typing import get_args
+
+import numpy as np
+import pytest
+from mcp import Client
+
+import ropelime
+from ropelime.cli import build_parser, main
+from ropelime.kernels import KERNELS
+from ropelime.options import METHOD, RUN, choices, flag
+from ropelime.schema import ExplainConfig
+from ropelime_server.app import EXPLAIN_OPTIONS, TOOL_DEFAULTS, ToolGranularity, build_server, options_document
+from ropelime_server.engine import EngineOptions
+
+DEFAULTS = ExplainConfig()
+
+
+def help_of(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+def parsers() -> dict[str, argparse.ArgumentParser]:
+    """The subcommand parsers, as `main` builds them."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("command, names", [("explain", RUN), ("audit", RUN), ("eval", METHOD)])
+def test_cli_options_are_the_config_fields(command, names, capsys):
+    actions = {a.dest: a for a in parsers()[command]._actions}
+    text = help_of(capsys, command)
+    for name in names:
+        action = actions[name]
+        assert flag(name) in action.option_strings
+        assert action.default == getattr(DEFAULTS, name), name
+        if choices(name):
+            assert list(action.choices) == choices(name), name
+            assert "{" + ",".join(choices(name)) + "}" in text, name
+        if action.default is not None:
+            assert f"(default: {action.default})" in text, name
+        description = ExplainConfig.model_fields[name].description
+        assert " ".join(description.split())[:40] in text, name
+
+
+def test_eval_budget_default_is_the_configs(capsys):
+    """eval's --budget also takes 'd' (one per feature), so it is its own option, with the config's default."""
+    budget = next(a for a in parsers()["eval"]._actions if a.dest == "budget")
+    assert budget.default == str(DEFAULTS.budget)
+    assert f"(default: {DEFAULTS.budget})" in help_of(capsys, "eval").split("--budget BUDGET")[-1]
+
+
+@pytest.fixture
+def server(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("ROPELIME_DTYPE", "float32")
+    return build_server(EngineOptions(surrogate=str(tiny_model_dir), device="cpu"))
+
+
+def enum_of(schema: dict) -> list | None:
+    if "enum" in schema:
+        return schema["enum"]
+    for branch in schema.get("anyOf", []):
+        if "enum" in branch:
+            return branch["enum"]
+    return None
+
+
+@pytest.mark.anyio
+async def test_tool_parameters_are_the_config_fields(server):
+    async with Client(server) as client:
+        tools = {t.name: t.input_schema for t in (await client.list_tools()).tools}
+        options = json.loads((await client.read_resource("ropelime://options")).contents[0].text)
+    explain = tools["explain_response"]["properties"]
+    for name in EXPLAIN_OPTIONS:
+        expected_choices = list(get_args(ToolGranularity)) if name == "granularity" else choices(name)
+        assert enum_of(explain[name]) == expected_choices, name
+        assert explain[name]["default"] == TOOL_DEFAULTS.get(name, getattr(DEFAULTS, name)), name
+        assert explain[name]["description"] == ExplainConfig.model_fields[name].description
+    assert explain["budget"]["minimum"] == 1 and explain["budget"]["maximum"] == 100_000
+    compare = tools["compare_samplers"]["properties"]
+    assert compare["samplers"]["items"]["enum"] == choices("sampler")
+    assert enum_of(compare["granularity"]) == list(get_args(ToolGranularity))
+    assert compare["time_budget_s"]["default"] == TOOL_DEFAULTS["time_budget_s"]
+    for name in ("sampler", "target", "kernel", "perturb", "solver"):
+        assert options[name] == choices(name)
+    assert options["defaults"] == {**DEFAULTS.model_dump(exclude={"segments", "time_budget_s"}),
+                                   "time_budget_s": TOOL_DEFAULTS["time_budget_s"]}
+
+
+def closest_first(masks: np.ndarray, distances: np.ndarray | None, width: float, normalise: bool) -> np.ndarray:
+    """A kernel for the test: weight 1 / (1 + features removed)."""
+    return 1.0 / (1.0 + (~masks).sum(axis=1))
+
+
+def test_a_registered_kernel_reaches_config_cli_and_tools(monkeypatch, capsys):
+    from ropelime.kernels import Kernel
+
+    monkeypatch.setitem(KERNELS, "closest_first", Kernel(closest_first))
+    assert ExplainConfig(kernel="closest_first").kernel == "closest_first"
+    assert "closest_first" in choices("kernel")
+    assert "{rwmd_rope,cosine,uniform,closest_first}" in help_of(capsys, "explain")
+    assert "closest_first" in json.dumps(ExplainConfig.model_json_schema())
+
+
+@pytest.mark.anyio
+async def test_a_registered_kernel_reaches_the_tools(tiny_model_dir, monkeypatch):
+    from ropelime.kernels import Kernel
+
+    monkeypatch.setitem(KERNELS, "closest_first", Kernel(closest_first))
+    async with Client(build_server(EngineOptions(surrogate=str(tiny_model_dir), device="cpu"))) as client:
+        tools = {t.name: t.input_schema for t in (await client.list_tools()).tools}
+    assert enum_of(tools["explain_response"]["properties"]["kernel"]) == choices("kernel")
+    assert "closest_first" in choices("kernel")
+
+
+def test_an_unknown_stage_name_reads_like_a_literal_error():
+    with pytest.raises(Exception, match=re.escape("Input should be 'rwmd_rope', 'cosine' or 'uniform'")):
+        ExplainConfig(kernel="gaussian")
+
+
+def test_explain_takes_a_callable_stage(tiny_surrogate, tmp_path):
+    from ropelime.cache import ScoreCache
+
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    prompt = "The sky is blue. Paris is the capital of France. Cats sleep a lot."
+    try:
+        named = ropelime.explain(prompt, "Paris.", kernel="uniform", surrogate=tiny_surrogate, cache=cache, budget=6)
+        given = ropelime.explain(prompt, "Paris.", kernel=closest_first, surrogate=tiny_surrogate, cache=cache,
+                                 budget=6)
+    finally:
+        KERNELS.pop("closest_first", None)
+        cache.close()
+    assert given.config.kernel == "closest_first" and given.id != named.id
+    assert given.cost.surrogate_forward_passes == 0  # the same masks: only the weights differ
+    assert [f.score for f in given.features] != [f.score for f in named.features]
