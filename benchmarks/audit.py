@@ -31,7 +31,7 @@ import ropelime
 from ropelime.audit import RayOptions
 from ropelime.cache import ScoreCache
 from ropelime.catalogue import CATALOGUE, EMBEDDED, prepare
-from ropelime.evaluate import DATA_FILES, mmlu_item, read_jsonl
+from ropelime.research.evaluate import DATA_FILES, mmlu_item, read_jsonl
 from ropelime.explain import load_surrogate
 from ropelime.schema import ExplainConfig
 

@@ -77,7 +77,7 @@ async def one_call(tool: str, arguments: dict) -> None:
 
 
 def calls(data: Path, row: int) -> None:
-    from ropelime.evaluate import hotpotqa_item, read_jsonl
+    from ropelime.research.evaluate import hotpotqa_item, read_jsonl
 
     item = hotpotqa_item(read_jsonl(data)[row])
     arguments = {"prompt": item.prompt, "response": item.answer, "explain": item.explain, "granularity": "sentence"}

@@ -22,7 +22,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from ropelime.cache import ScoreCache
-from ropelime.evaluate import DATA_FILES, load_items
+from ropelime.research.evaluate import DATA_FILES, load_items
 from ropelime.explain import explain
 from ropelime.schema import ExplainConfig
 from ropelime.loading import PRECISIONS

@@ -31,7 +31,7 @@ DATA = ROOT.parent / "shared" / "data"
 def measure(name: str, mmlu_rows: list[int], hotpot_rows: list[int], budget: int) -> dict:
     """Load one surrogate and time explanations of the given dev rows (run in a child process)."""
     from ropelime.cache import ScoreCache
-    from ropelime.evaluate import DATA_FILES, hotpotqa_item, mmlu_item, read_jsonl
+    from ropelime.research.evaluate import DATA_FILES, hotpotqa_item, mmlu_item, read_jsonl
     from ropelime.explain import explain
     from ropelime.surrogate import Surrogate
 

@@ -47,7 +47,7 @@ def main() -> None:
 
 
 async def run(args) -> None:
-    from ropelime.endpoint import OpenAIEndpoint, message_text
+    from ropelime.research.endpoint import OpenAIEndpoint, message_text
     from ropelime.schema import Explanation
     from ropelime_server.app import build_server
     from ropelime_server.engine import EngineOptions

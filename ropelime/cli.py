@@ -249,7 +249,7 @@ def run_eval(args, argv: list[str]) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from ropelime.evaluate import DATA_FILES, Closed, load_items, run_evaluation
+    from ropelime.research.evaluate import DATA_FILES, Closed, load_items, run_evaluation
     from ropelime.explain import load_surrogate
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -263,7 +263,7 @@ def run_eval(args, argv: list[str]) -> int:
         closed = None
         if args.closed_local:
             from ropelime import catalogue
-            from ropelime.endpoint import OpenAIEndpoint, local_model_reply
+            from ropelime.research.endpoint import OpenAIEndpoint, local_model_reply
             from ropelime.surrogate import Surrogate
 
             local = Surrogate.load(args.closed_local, device=args.device)
@@ -292,7 +292,7 @@ def run_eval(args, argv: list[str]) -> int:
                     Path(args.json).write_text(json.dumps({**head, **report}, indent=1), encoding="utf-8")
 
             if args.transfer:
-                from ropelime.transfer import run_transfer, transfer_table
+                from ropelime.research.transfer import run_transfer, transfer_table
 
                 report = run_transfer(items, methods, config, budget=budget, surrogate=surrogate, standin=local,
                                       closed=closed, reuse_scores=args.reuse_scores, step=step, checkpoint=save)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ropelime.cache import ScoreCache
-from ropelime.evaluate import BASELINES, DATA_FILES, agreement, gold_labels, load_items, mean_ci
+from ropelime.research.evaluate import BASELINES, DATA_FILES, agreement, gold_labels, load_items, mean_ci
 from ropelime.explain import score
 from ropelime.samples import fit_samples
 from ropelime.schema import ExplainConfig

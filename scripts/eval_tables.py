@@ -23,7 +23,7 @@ import re
 import shlex
 from pathlib import Path
 
-from ropelime.evaluate import mean_ci
+from ropelime.research.evaluate import mean_ci
 
 COLUMNS = [("auroc", "AUROC", 3), ("ap", "AP", 3), ("p_at_k", "P@k", 3), ("lds", "LDS", 3),
            ("topk_minus_random", "top-k − random-k drop", 3), ("closed_calls", "closed calls", 1),

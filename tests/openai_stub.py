@@ -1,4 +1,4 @@
-"""A real OpenAI-compatible HTTP server on 127.0.0.1 for tests (`ropelime.endpoint`), with faults.
+"""A real OpenAI-compatible HTTP server on 127.0.0.1 for tests (`ropelime.research.endpoint`), with faults.
 
     with OpenAIStub(reply="Paris") as stub:
         litellm.completion("openai/stub-model", messages, api_base=stub.base_url, api_key="sk-x")
@@ -29,7 +29,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ropelime.endpoint import Answer, OpenAIEndpoint, Reply, error_answer
+from ropelime.research.endpoint import Answer, OpenAIEndpoint, Reply, error_answer
 
 
 class OpenAIStub(OpenAIEndpoint):

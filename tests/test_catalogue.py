@@ -14,7 +14,7 @@ import pytest
 from ropelime import catalogue
 from ropelime.catalogue import Entry
 from ropelime.errors import CatalogueError
-from ropelime.evaluate import mmlu_item
+from ropelime.research.evaluate import mmlu_item
 
 
 def make_parts(tmp_path, monkeypatch, chunks: dict[str, dict[str, bytes]]) -> None:

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from ropelime.baselines import gsmile, similarity_target, wmd
-from ropelime.evaluate import agreement, gold_labels, hotpotqa_item, load_items, mean_ci, mmlu_item
+from ropelime.research.baselines import gsmile, similarity_target, wmd
+from ropelime.research.evaluate import agreement, gold_labels, hotpotqa_item, load_items, mean_ci, mmlu_item
 from ropelime.features import find_explain_span, split_features
 from ropelime.schema import ExplainConfig, Feature
 from tests.conftest import DATA

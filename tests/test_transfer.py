@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from ropelime.evaluate import Closed, hotpotqa_item
+from ropelime.research.evaluate import Closed, hotpotqa_item
 from ropelime.schema import ExplainConfig
-from ropelime.transfer import recovery, transfer_item
+from ropelime.research.transfer import recovery, transfer_item
 from tests.openai_stub import OpenAIStub
 
 KEY = "Paris is the capital of France."

@@ -18,7 +18,7 @@ from scipy.optimize import linprog
 from scipy.spatial.distance import cdist
 
 from ropelime.cache import digest
-from ropelime.closed import fetch_response
+from ropelime.closed import fetch_response, fixed_output
 from ropelime.features import find_explain_span, split_features
 from ropelime.fit import fit_linear
 from ropelime.kernels import kernel_weights
@@ -110,7 +110,9 @@ def gsmile(
         cached += answer.cached
         return answer.text
 
-    response = ask(prompt) if response is None else response
+    fixed = fixed_output(prompt, response, model=model, system=system, api_base=api_base, timeout=timeout,
+                         max_tokens=max_tokens)
+    response, cached = fixed.text, int(fixed.answer is not None and fixed.answer.cached)
     span = find_explain_span(prompt, explain)
     features = split_features(prompt, config.granularity, explain=span, segments=config.segments)
     d = len(features)

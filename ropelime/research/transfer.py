@@ -25,9 +25,9 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from ropelime.cache import digest
-from ropelime.closed import fetch_response
-from ropelime.evaluate import METHODS as EVALUATED
-from ropelime.evaluate import Closed, Item, agreement, explain_item, feature_count, gold_labels, mean_ci, method_config
+from ropelime.closed import fetch_response, fixed_output
+from ropelime.research.evaluate import METHODS as EVALUATED
+from ropelime.research.evaluate import Closed, Item, agreement, explain_item, feature_count, gold_labels, mean_ci, method_config
 from ropelime.features import find_explain_span, split_features
 from ropelime.perturb import perturb_text
 from ropelime.schema import ExplainConfig, Feature
@@ -106,8 +106,8 @@ def transfer_item(item: Item, methods: list[str], config: ExplainConfig, *, budg
     """Per-method transfer records for one item (see the module docstring)."""
     from ropelime.explain import default_cache
 
-    fetched = fetch_response(closed.model, item.prompt, cache_dir=cache_dir(), timeout=closed.timeout,
-                             api_base=closed.api_base, max_tokens=closed.max_tokens)
+    fetched = fixed_output(item.prompt, model=closed.model, timeout=closed.timeout, api_base=closed.api_base,
+                           max_tokens=closed.max_tokens).answer
     answer = fetched.text
     features = item_features(item)
     loo = standin_loo(item, answer, standin, config)

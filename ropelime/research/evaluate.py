@@ -191,7 +191,7 @@ def explain_item(item: Item, method: str, config: ExplainConfig, response: str, 
             if method == "gsmile":
                 if closed is None:
                     raise ValueError("gsmile re-sends every perturbed prompt to a closed model: give one.")
-                from ropelime.baselines import gsmile
+                from ropelime.research.baselines import gsmile
 
                 return gsmile(item.prompt, response, model=closed.model, api_base=closed.api_base,
                               explain=item.explain, config=config, surrogate=surrogate,
@@ -216,11 +216,10 @@ def evaluate_item(item: Item, methods: list[str], config: ExplainConfig, *, budg
 
     response, closed_calls = item.answer, 0
     if closed is not None:
-        from ropelime.closed import fetch_response
-        from ropelime.settings import cache_dir
+        from ropelime.closed import fixed_output
 
-        response = fetch_response(closed.model, item.prompt, cache_dir=cache_dir(), timeout=closed.timeout,
-                                  api_base=closed.api_base, max_tokens=closed.max_tokens).text
+        response = fixed_output(item.prompt, model=closed.model, timeout=closed.timeout, api_base=closed.api_base,
+                                max_tokens=closed.max_tokens).text
         closed_calls = 1
     base = config.model_copy(update={"granularity": item.granularity, "segments": item.segments})
     records = []
