@@ -13,18 +13,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ropelime.registry import Registry
 
 if TYPE_CHECKING:
-    from ropelime.schema import EncodedPrompt, KernelCost
-    from ropelime.surrogate import Surrogate
+    from ropelime.records import EncodedPrompt, KernelCost
 
 Distance = Callable[[list[int], np.ndarray], float]
 """The distance of a perturbed prompt (its token ids, the positions of its prompt tokens) to the prompt."""
+
+
+class Geometry(Protocol):
+    """What a kernel's distance reads from the surrogate (`ropelime.surrogate.Surrogate` has it)."""
+
+    def rope_vectors(self, ids: list[int], keep: np.ndarray | None = None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,7 @@ class Kernel:
     function: Callable[[np.ndarray, np.ndarray | None, float, bool], np.ndarray]
     default_width: float | None = None
     """σ when none is given (None: the kernel has no width)."""
-    distance: Callable[[Surrogate, EncodedPrompt, KernelCost], Distance] | None = None
+    distance: Callable[[Geometry, EncodedPrompt, KernelCost], Distance] | None = None
     """Builds the distance to the prompt that `function` needs (None: it needs none)."""
 
 
@@ -75,11 +80,11 @@ def rwmd_rope(masks: np.ndarray, distances: np.ndarray | None, width: float, nor
     return weights_from_distances(distances, width, normalise)
 
 
-def rope_distance(surrogate: Surrogate, encoded: EncodedPrompt, cost: KernelCost) -> Distance:
+def rope_distance(surrogate: Geometry, encoded: EncodedPrompt, cost: KernelCost) -> Distance:
     """RWMD in RoPE space to the prompt (`ropelime.rope`, which needs torch: imported on use)."""
     from ropelime.rope import RWMDToPrompt
 
-    return RWMDToPrompt(surrogate, encoded, cost)
+    return RWMDToPrompt(surrogate.rope_vectors, encoded, cost)
 
 
 KERNELS: Registry[Kernel] = Registry("kernel", {

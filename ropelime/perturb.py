@@ -18,7 +18,7 @@ import numpy as np
 from ropelime.registry import Registry
 
 if TYPE_CHECKING:
-    from ropelime.schema import EncodedPrompt, Feature
+    from ropelime.records import EncodedPrompt, Feature
 
 PLACEHOLDER = "_"
 

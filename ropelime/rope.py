@@ -8,6 +8,7 @@ token's position (per head-dim chunk, the model's own frequencies and scaling).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,8 +16,10 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from ropelime.schema import EncodedPrompt, KernelCost
-    from ropelime.surrogate import Surrogate
+    from ropelime.records import EncodedPrompt, KernelCost
+
+Vectors = Callable[[list[int], "np.ndarray | None"], torch.Tensor]
+"""A prompt's token ids (and which of them to keep) → their vectors in RoPE space (`Surrogate.rope_vectors`)."""
 
 
 def find_rotary(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -89,9 +92,9 @@ def rwmd(a: torch.Tensor, b: torch.Tensor, cost: KernelCost = "euclidean") -> fl
 class RWMDToPrompt:
     """The RWMD in RoPE space from one prompt's tokens to a perturbed prompt's: `distance(ids, keep)`."""
 
-    def __init__(self, surrogate: Surrogate, encoded: EncodedPrompt, cost: KernelCost = "euclidean") -> None:
-        self.surrogate, self.cost = surrogate, cost
-        self.base = surrogate.rope_vectors(encoded.ids, encoded.prompt_tokens)
+    def __init__(self, vectors: Vectors, encoded: EncodedPrompt, cost: KernelCost = "euclidean") -> None:
+        self.vectors, self.cost = vectors, cost
+        self.base = vectors(encoded.ids, encoded.prompt_tokens)
 
     def __call__(self, ids: list[int], keep: np.ndarray) -> float:
-        return rwmd(self.base, self.surrogate.rope_vectors(ids, keep), self.cost)
+        return rwmd(self.base, self.vectors(ids, keep), self.cost)

@@ -1,4 +1,5 @@
-"""Plain data passed between the stages and returned to callers (pydantic models and numpy records).
+"""Plain data passed between the stages and returned to callers (pydantic models, and the numpy records of
+`ropelime.records`).
 
 `ExplainConfig` is the one declaration of every method option: its fields (type, default, choices,
 description) also make the CLI's options and the MCP tools' parameters (`ropelime.options`). The
@@ -7,15 +8,14 @@ choices of the pluggable stages are the names in their registries (`ropelime.reg
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Literal
 
-import numpy as np
 from pydantic import BaseModel, Field
 
 from ropelime.fit import SOLVERS
 from ropelime.kernels import KERNELS
 from ropelime.perturb import PERTURBATIONS
+from ropelime.records import EncodedPrompt, Feature, KernelCost, TokenScores  # noqa: F401 - the data model's records
 from ropelime.samplers import SAMPLERS, SIZE_DISTRIBUTIONS
 from ropelime.targets import TARGETS
 
@@ -24,38 +24,9 @@ Sampler = Annotated[str, SAMPLERS]
 SizeDistribution = Annotated[str, SIZE_DISTRIBUTIONS]
 Target = Annotated[str, TARGETS]
 Kernel = Annotated[str, KERNELS]
-KernelCost = Literal["euclidean", "cosine"]
 Perturbation = Annotated[str, PERTURBATIONS]
 Solver = Annotated[str, SOLVERS]
 PromptFormatChoice = Literal["auto", "chat", "plain"]
-
-
-@dataclass
-class EncodedPrompt:
-    """A prompt rendered for the surrogate: token ids and, per token, its feature (-1 = fixed)."""
-
-    ids: list[int]
-    token_feature: np.ndarray
-    prompt_tokens: np.ndarray
-    """Indices of the tokens that come from the prompt text (not chat scaffolding)."""
-
-
-@dataclass
-class TokenScores:
-    """Per response token: log p(y_t) and, when a reference was given, KL and JS to it."""
-
-    logp: np.ndarray
-    kl: np.ndarray | None = None
-    js: np.ndarray | None = None
-
-
-class Feature(BaseModel):
-    """One explainable unit of the prompt, keyed by its character span in the prompt as given."""
-
-    index: int
-    text: str
-    start: int
-    end: int
 
 
 class FeatureScore(Feature):

@@ -15,7 +15,7 @@ import numpy as np
 from ropelime.registry import Registry
 
 if TYPE_CHECKING:
-    from ropelime.schema import TokenScores
+    from ropelime.records import TokenScores
 
 Positions = slice | np.ndarray
 

@@ -104,8 +104,8 @@ def test_rwmd_rope_cost_is_threaded_to_the_surrogate_vectors(tiny_surrogate):
     encoded = tiny_surrogate.encode_prompt(prompt, None, [(0, 17), (17, 49), (49, len(prompt))])
     perturbed = [perturb_tokens(encoded, np.array(m, bool), "delete", tiny_surrogate.placeholder_id)
                  for m in ([1, 1, 1], [1, 0, 1], [0, 0, 1])]
-    euclidean = np.array([RWMDToPrompt(tiny_surrogate, encoded)(*p) for p in perturbed])
-    cosine = np.array([RWMDToPrompt(tiny_surrogate, encoded, "cosine")(*p) for p in perturbed])
+    euclidean = np.array([RWMDToPrompt(tiny_surrogate.rope_vectors, encoded)(*p) for p in perturbed])
+    cosine = np.array([RWMDToPrompt(tiny_surrogate.rope_vectors, encoded, "cosine")(*p) for p in perturbed])
     assert euclidean[0] == pytest.approx(0.0, abs=1e-3) and cosine[0] == pytest.approx(0.0, abs=1e-6)
     assert np.all(cosine[1:] > 0) and np.all(cosine <= 2) and not np.allclose(cosine, euclidean)
 
