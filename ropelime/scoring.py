@@ -50,8 +50,8 @@ class Prepared:
 
     def info(self) -> SurrogateInfo:
         """The surrogate as the explanation reports it."""
-        return SurrogateInfo(**self.surrogate.info(), prompt_format=self.surrogate.prompt_format(self.config.prompt_format),
-                             chosen_because=self.chosen_because)
+        return SurrogateInfo(**self.surrogate.info(), chosen_because=self.chosen_because,
+                             prompt_format=self.surrogate.prompt_format(self.config.prompt_format))
 
     def untokenised(self) -> list[int]:
         """Features none of whose tokens is their own (they share them with a neighbour)."""
@@ -72,7 +72,8 @@ def prepare(prompt: str, response: str, *, system: str | None, span: tuple[int, 
     return Prepared(prompt, system, span, response, features, config, surrogate, encoded, offsets, chosen_because)
 
 
-def split(prompt: str, explain: str | None, config: ExplainConfig, limits: Limits) -> tuple[tuple[int, int], list[Feature]]:
+def split(prompt: str, explain: str | None, config: ExplainConfig,
+          limits: Limits) -> tuple[tuple[int, int], list[Feature]]:
     """The explainable span of the prompt and its features."""
     span = find_explain_span(prompt, explain)
     return span, split_features(prompt, config.granularity, explain=span, segments=config.segments,
@@ -100,7 +101,7 @@ def score_samples(prepared: Prepared, masks: np.ndarray, *, cache: ScoreCache, c
     the response a convergence check ranks by. `cost` (default a new one) is updated in place.
     """
     config, surrogate, encoded = prepared.config, prepared.surrogate, prepared.encoded
-    cost = cost or Cost()
+    cost = cost if cost is not None else Cost()
     kernel = KERNELS[config.kernel]
     distance = kernel.distance(surrogate, encoded, config.kernel_cost) if kernel.distance else None
     if deadline is not None and deadline.end is not None and distance is not None:

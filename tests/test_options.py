@@ -18,7 +18,7 @@ from ropelime.cli import build_parser, main
 from ropelime.kernels import KERNELS
 from ropelime.options import METHOD, RUN, choices, flag
 from ropelime.schema import ExplainConfig
-from ropelime_server.app import EXPLAIN_OPTIONS, TOOL_DEFAULTS, ToolGranularity, build_server, options_document
+from ropelime_server.app import EXPLAIN_OPTIONS, TOOL_DEFAULTS, ToolGranularity, build_server
 from ropelime_server.engine import EngineOptions
 
 DEFAULTS = ExplainConfig()
