@@ -130,7 +130,8 @@ def _refit_config(samples: ScoredSamples, options: dict) -> ExplainConfig:
     if unknown:
         raise InputError(f"{', '.join(unknown)} choose what is scored, not how it is fitted; explain again to change "
                          f"{'it' if len(unknown) == 1 else 'them'} (a refit takes {', '.join(sorted(FIT_OPTIONS))}).")
-    config = ExplainConfig.model_validate(samples.config.model_dump() | options)
+    as_given = _identity_config(samples.config, len(samples.features))  # defaults of the old solver/kernel unset
+    config = ExplainConfig.model_validate(as_given.model_dump() | options)
     kernel = KERNELS[config.kernel]
     if kernel.distance is not None and samples.distances is None:
         raise InputError(f"the {config.kernel} kernel needs distances measured on the surrogate, which these samples "

@@ -1,0 +1,70 @@
+"""Score once, fit many: fitting the scored samples again gives what a whole explanation with the changed
+fit options gives, with no surrogate pass; options that choose what is scored are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ropelime
+from ropelime.cache import ScoreCache
+from ropelime.errors import InputError
+
+CONTEXT = "The sky is blue. Paris is the capital of France. Cats sleep a lot. The bridge was designed by Mara."
+PROMPT = f"Context: {CONTEXT}\nQuestion: What is the capital of France?"
+RESPONSE = "Paris is the capital of France."
+METHOD = {"granularity": "word", "budget": 24}
+
+
+@pytest.fixture
+def cache(tmp_path):
+    store = ScoreCache(tmp_path / "scores.sqlite")
+    yield store
+    store.close()
+
+
+def comparable(explanation: ropelime.Explanation) -> dict:
+    """The explanation without what depends on when and how often it was computed."""
+    return explanation.model_dump(exclude={"cost"})
+
+
+def test_fitting_scored_samples_is_explaining(tiny_surrogate, cache):
+    samples = ropelime.score(PROMPT, RESPONSE, explain=CONTEXT, surrogate=tiny_surrogate, cache=cache, **METHOD)
+    assert samples.complete and len(samples.scores) == len(samples.masks) == 25
+    assert samples.masks[0].all() and samples.distances is not None and len(samples.distances) == 25
+    explained = ropelime.explain(PROMPT, RESPONSE, explain=CONTEXT, surrogate=tiny_surrogate, cache=cache, **METHOD)
+    assert comparable(ropelime.fit_samples(samples)) == comparable(explained)
+    assert explained.cost.surrogate_forward_passes == 0  # scored once, by `score`
+
+
+@pytest.mark.parametrize("option", [{"target": "logit_prob"}, {"solver": "lasso"}, {"kernel": "cosine"},
+                                    {"kernel_width": 0.2}, {"kernel_normalise": False}])
+def test_a_refit_with_other_fit_options_equals_a_new_explanation(tiny_surrogate, cache, option):
+    samples = ropelime.score(PROMPT, RESPONSE, explain=CONTEXT, surrogate=tiny_surrogate, cache=cache, **METHOD)
+    refitted = ropelime.fit_samples(samples, **option)
+    explained = ropelime.explain(PROMPT, RESPONSE, explain=CONTEXT, surrogate=tiny_surrogate, cache=cache,
+                                 **METHOD, **option)
+    assert comparable(refitted) == comparable(explained)
+    assert [f.score for f in refitted.features] != [f.score for f in ropelime.fit_samples(samples).features]
+
+
+def test_a_part_of_the_response_is_a_refit(tiny_surrogate, cache):
+    samples = ropelime.score(PROMPT, RESPONSE, explain=CONTEXT, surrogate=tiny_surrogate, cache=cache, **METHOD)
+    whole = ropelime.fit_samples(samples)
+    part = ropelime.fit_samples(samples, output_span="France")
+    assert comparable(part) == comparable(ropelime.refit(whole, "France", surrogate=tiny_surrogate, cache=cache))
+    assert comparable(part) == comparable(ropelime.refit(whole, "France", samples=samples))
+    france = samples.positions("France")
+    assert np.array_equal(samples.targets(output_span="France"),
+                          [-s.logp[france].mean() for s in samples.scores])
+
+
+def test_options_that_choose_what_is_scored_are_refused(tiny_surrogate, cache):
+    samples = ropelime.score(PROMPT, RESPONSE, explain=CONTEXT, surrogate=tiny_surrogate, cache=cache,
+                             kernel="uniform", **METHOD)
+    with pytest.raises(InputError, match="choose what is scored"):
+        ropelime.fit_samples(samples, sampler="loo")
+    with pytest.raises(InputError, match="needs distances measured on the surrogate"):
+        ropelime.fit_samples(samples, kernel="rwmd_rope")
+    with pytest.raises(InputError, match="not a substring of the response"):
+        ropelime.fit_samples(samples, output_span="Lyon")
