@@ -9,7 +9,7 @@ change after scoring without another surrogate pass: fit the same `ScoredSamples
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib.metadata import version
 
 import numpy as np
@@ -35,15 +35,9 @@ Positions = slice | np.ndarray
 
 
 @dataclass
-class ScoredSamples:
-    """The scored perturbations of one prompt and response on one surrogate, ready to fit.
-
-    `masks` are the scored masks in order (row 0 keeps every feature), `scores` the surrogate's
-    per-token scores of the response after each, `distances` each mask's kernel distance to the
-    prompt (None when the kernel needs none). `config` is resolved for the features (see
-    `resolve_config`); `cost` is what scoring cost, `stopped` why it ended early ("time budget",
-    "converged") or None.
-    """
+class Inputs:
+    """What one explanation is of: the prompt, its explainable span and features, the fixed response, and
+    the method (`config`, resolved for the features: see `resolve_config`)."""
 
     prompt: str
     system: str | None
@@ -51,6 +45,22 @@ class ScoredSamples:
     response: str
     features: list[Feature]
     config: ExplainConfig
+
+    def inputs(self) -> dict:
+        """These fields, to build another record of the same explanation."""
+        return {f.name: getattr(self, f.name) for f in fields(Inputs)}
+
+
+@dataclass
+class ScoredSamples(Inputs):
+    """The scored perturbations of one prompt and response on one surrogate, ready to fit.
+
+    `masks` are the scored masks in order (row 0 keeps every feature), `scores` the surrogate's
+    per-token scores of the response after each, `distances` each mask's kernel distance to the
+    prompt (None when the kernel needs none). `cost` is what scoring cost, `stopped` why it ended
+    early ("time budget", "converged") or None.
+    """
+
     masks: np.ndarray
     scores: list[TokenScores]
     distances: np.ndarray | None

@@ -20,7 +20,7 @@ from ropelime.features import find_explain_span, split_features
 from ropelime.kernels import KERNELS
 from ropelime.perturb import perturb_tokens
 from ropelime.prefix_cache import shared_length
-from ropelime.samples import ScoredSamples, output_positions, resolve_config
+from ropelime.samples import Inputs, ScoredSamples, output_positions, resolve_config
 from ropelime.schema import Cost, EncodedPrompt, ExplainConfig, Feature, SurrogateInfo, TokenScores
 from ropelime.settings import Limits
 from ropelime.surrogate import Surrogate
@@ -34,15 +34,9 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass
-class Prepared:
-    """An explanation's inputs made ready for scoring on one surrogate; `config` is resolved for the features."""
+class Prepared(Inputs):
+    """An explanation's inputs made ready for scoring on one surrogate."""
 
-    prompt: str
-    system: str | None
-    span: tuple[int, int]
-    response: str
-    features: list[Feature]
-    config: ExplainConfig
     surrogate: Surrogate
     encoded: EncodedPrompt
     response_offsets: list[tuple[int, int]]
@@ -116,11 +110,9 @@ def score_samples(prepared: Prepared, masks: np.ndarray, *, cache: ScoreCache, c
         raise InputError("no cached scores for this explanation (the cache was cleared or the surrogate "
                          "differs); run the explanation again.")
     distances = np.array([distance(*perturbed[i]) for i in scored]) if distance is not None else None
-    return ScoredSamples(prompt=prepared.prompt, system=prepared.system, span=prepared.span, response=prepared.response,
-                         features=prepared.features, config=config, masks=masks[scored], scores=rows,
-                         distances=distances, planned=len(masks), surrogate=prepared.info(),
-                         response_offsets=prepared.response_offsets, cost=cost, stopped=stopped,
-                         untokenised=prepared.untokenised())
+    return ScoredSamples(**prepared.inputs(), masks=masks[scored], scores=rows, distances=distances,
+                         planned=len(masks), surrogate=prepared.info(), response_offsets=prepared.response_offsets,
+                         cost=cost, stopped=stopped, untokenised=prepared.untokenised())
 
 
 def score_masks(
