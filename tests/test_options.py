@@ -143,3 +143,30 @@ def test_explain_takes_a_callable_stage(tiny_surrogate, tmp_path):
     assert given.config.kernel == "closest_first" and given.id != named.id
     assert given.cost.surrogate_forward_passes == 0  # the same masks: only the weights differ
     assert [f.score for f in given.features] != [f.score for f in named.features]
+
+
+def summed_nll(scores, positions) -> float:
+    """A target for the test: the summed (not mean) negative log-likelihood."""
+    return float(-scores.logp[positions].sum())
+
+
+def test_explain_takes_a_callable_target(tiny_surrogate, tmp_path):
+    from ropelime.cache import ScoreCache
+    from ropelime.targets import TARGETS
+
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    prompt, response = "The sky is blue. Paris is the capital of France. Cats sleep a lot.", "Paris is in France."
+    try:
+        mean = ropelime.explain(prompt, response, surrogate=tiny_surrogate, cache=cache, budget=6)
+        summed = ropelime.explain(prompt, response, target=summed_nll, surrogate=tiny_surrogate, cache=cache,
+                                  budget=6)
+        samples = ropelime.score(prompt, response, target="summed_nll", surrogate=tiny_surrogate, cache=cache,
+                                 budget=6)
+        summed_targets = samples.targets()
+    finally:
+        TARGETS.pop("summed_nll", None)
+        cache.close()
+    assert summed.config.target == "summed_nll" and summed.cost.surrogate_forward_passes == 0
+    assert [f.score for f in summed.features] != [f.score for f in mean.features]
+    tokens = len(tiny_surrogate.encode_response(response))
+    np.testing.assert_allclose(summed_targets, tokens * samples.targets("nll"))
