@@ -30,6 +30,7 @@ _EXPORTS = {
     "fit_samples": "ropelime.samples",
     "load_surrogate": "ropelime.explain",
     "refit": "ropelime.explain",
+    "resume": "ropelime.explain",
     "score": "ropelime.explain",
     "verify": "ropelime.verify",
 }
@@ -39,7 +40,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from ropelime.audit import audit
     from ropelime.errors import Cancelled
-    from ropelime.explain import explain, load_surrogate, refit, score
+    from ropelime.explain import explain, load_surrogate, refit, resume, score
     from ropelime.samples import ScoredSamples, fit_samples
     from ropelime.schema import ExplainConfig, Explanation, FeatureScore
     from ropelime.surrogate import Surrogate

@@ -250,6 +250,17 @@ def check_text(name: str, text: str | None) -> None:
                          "decode the text as UTF-8 (or replace the broken characters) and retry.") from None
 
 
+def resume(previous: Explanation, **arguments) -> Explanation:
+    """Explain again with a (partial) explanation's prompt, response, span and method, continuing from the
+    cached scores. `arguments` are `explain`'s others (a new `time_budget_s`, `verify`, `surrogate`, …);
+    the result keeps where the response came from."""
+    result = explain(previous.prompt, previous.response, system=previous.system,
+                     explain=previous.prompt[previous.explain_start:previous.explain_end], config=previous.config,
+                     **arguments)
+    return result.model_copy(update={"response_source": previous.response_source,
+                                     "closed_model": previous.closed_model})
+
+
 def prepare_again(explanation: Explanation, surrogate: Surrogate | str | None = None) -> Prepared:
     """An explanation's inputs, features and method made ready for scoring again on its surrogate (or another)."""
     if not isinstance(surrogate, Surrogate):

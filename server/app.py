@@ -157,28 +157,24 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
         with tool_errors():
             engine = engine_of(ctx)
             previous = engine.store.load(continue_from) if continue_from else None
-            if previous is not None:
-                prompt, response, system = previous.prompt, previous.response, previous.system
-                explain = previous.prompt[previous.explain_start:previous.explain_end]
-                config = previous.config.model_copy(update={"time_budget_s": method["time_budget_s"]})
-                model = (model or previous.closed_model) if verify else None
-            elif prompt is None:
+            if previous is None and prompt is None:
                 raise InputError("give the prompt (or continue_from with the explanation_id of an incomplete explanation).")
+            if previous is not None:
+                model = (model or previous.closed_model) if verify else None
             else:
                 config = ExplainConfig(**method)
                 model = model or (None if response is not None else engine.default_model)
 
             def job(progress, should_stop) -> Explanation:
-                return ropelime.explain(prompt, response, model=model, system=system, explain=explain, config=config,
-                                        surrogate=engine.surrogate, cache=engine.cache, progress=progress,
-                                        should_stop=should_stop, api_base=engine.api_base,
-                                        closed_timeout=engine.closed_timeout, verify=verify, started=started)
+                run = dict(model=model, surrogate=engine.surrogate, cache=engine.cache, progress=progress,
+                           should_stop=should_stop, api_base=engine.api_base, closed_timeout=engine.closed_timeout,
+                           verify=verify, started=started)
+                if previous is not None:
+                    return ropelime.resume(previous, time_budget_s=method["time_budget_s"], **run)
+                return ropelime.explain(prompt, response, system=system, explain=explain, config=config, **run)
 
             check_request(verify, model)  # before queueing for the engine
-            result = await run_job(ctx, job, started=started, time_budget_s=config.time_budget_s)
-            if previous is not None:
-                result = result.model_copy(update={"response_source": previous.response_source,
-                                                   "closed_model": previous.closed_model})
+            result = await run_job(ctx, job, started=started, time_budget_s=method["time_budget_s"])
             engine.store.save(result)
         return _result(explanation_text(result), result.model_dump(mode="json"))
 

@@ -89,6 +89,14 @@ def test_time_budget_gives_a_partial_result_that_resumes(tiny_surrogate, cache):
     assert resumed.cost.cached_samples == partial.diagnostics.samples
 
 
+def test_resume_continues_a_partial_explanation_from_its_inputs(tiny_surrogate, cache):
+    partial = run(tiny_surrogate, cache, budget=60, time_budget_s=1e-6)
+    resumed = ropelime.resume(partial, time_budget_s=None, surrogate=tiny_surrogate, cache=cache)
+    assert resumed.id == partial.id and resumed.diagnostics.complete
+    assert resumed.cost.cached_samples == partial.diagnostics.samples
+    assert resumed.config.time_budget_s is None and resumed.response_source == partial.response_source
+
+
 def test_cancellation_keeps_what_was_scored(tiny_surrogate, cache):
     calls = []
 
