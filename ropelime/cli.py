@@ -263,12 +263,16 @@ def run_eval(args, argv: list[str]) -> int:
         closed = None
         if args.closed_local:
             from ropelime import catalogue
-            from ropelime.research.endpoint import OpenAIEndpoint, local_model_reply
+            from ropelime.research.endpoint import OpenAIEndpoint, local_model_reply, stable_port
             from ropelime.surrogate import Surrogate
 
             local = Surrogate.load(args.closed_local, device=args.device)
             label = local.name if catalogue.entry(args.closed_local) else Path(args.closed_local).stem
-            endpoint = stack.enter_context(OpenAIEndpoint(local_model_reply(local, args.max_tokens), model=label))
+            endpoint = stack.enter_context(OpenAIEndpoint(local_model_reply(local, args.max_tokens), model=label,
+                                                          port=stable_port(label)))
+            if endpoint.port != stable_port(label):
+                err.print(f"port {stable_port(label)} is taken (another run serving {label}?): answers are cached "
+                          f"under port {endpoint.port} this time, so a later run asks the stand-in again")
             closed = Closed(model=f"openai/{label}", api_base=endpoint.base_url,
                             max_tokens=args.max_tokens)
             os.environ.setdefault("OPENAI_API_KEY", "local")  # litellm wants a key; the local endpoint ignores it

@@ -263,3 +263,20 @@ def test_stub_reply_callable_models_endpoint_and_auth():
         port = stub.port
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass
+
+
+def test_a_local_stand_in_gets_the_same_port_again_and_its_answers_come_from_the_cache(tmp_path: Path):
+    from ropelime.research.endpoint import OpenAIEndpoint, stable_port
+
+    port = stable_port("stand-in-a")
+    assert 49152 <= port < 65536 and port == stable_port("stand-in-a") != stable_port("stand-in-b")
+    answers = []
+    for _ in range(2):  # two runs serving the same stand-in, one after the other
+        with OpenAIEndpoint("Paris.", model="stand-in-a", port=port) as endpoint:
+            assert endpoint.port == port
+            answers.append(fetch_response("openai/stand-in-a", "Capital of France?", api_base=endpoint.base_url,
+                                          cache_dir=tmp_path, timeout=5, retries=0))
+            calls = endpoint.requests
+    assert [a.cached for a in answers] == [False, True] and calls == 0
+    with OpenAIEndpoint("x", port=port) as first, OpenAIEndpoint("y", port=port) as second:
+        assert first.port == port and second.port not in (0, port)  # taken: falls back to a free port

@@ -17,6 +17,7 @@ import json
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -58,8 +59,10 @@ class OpenAIEndpoint:
     under a lock, before authentication; its result is passed on) and `answer`.
     """
 
-    def __init__(self, reply: Reply, *, api_key: str | None = None, model: str = "local-model") -> None:
+    def __init__(self, reply: Reply, *, api_key: str | None = None, model: str = "local-model",
+                 port: int = 0) -> None:
         self.reply = reply
+        self.wanted_port = port
         self.api_key = api_key
         self.model = model
         self.requests = 0
@@ -80,9 +83,12 @@ class OpenAIEndpoint:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self):
-        """Bind a free loopback port and serve in a daemon thread."""
+        """Bind the wanted loopback port (any free one when it is 0 or taken) and serve in a daemon thread."""
         self._stopping.clear()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        try:
+            self._server = ThreadingHTTPServer(("127.0.0.1", self.wanted_port), self._handler_class())
+        except OSError:
+            self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="openai-endpoint", daemon=True)
@@ -190,6 +196,12 @@ class OpenAIEndpoint:
                     self._send(endpoint.answer(body, recorded))
 
         return Handler
+
+
+def stable_port(name: str) -> int:
+    """A loopback port that depends only on `name` (49152–65535), so that a local stand-in served again
+    under the same name gets the same api_base and its cached answers are found."""
+    return 49152 + zlib.crc32(name.encode()) % 16384
 
 
 def local_model_reply(surrogate: Surrogate, max_new_tokens: int = 48) -> Callable[[list[dict[str, Any]]], str]:
