@@ -107,6 +107,7 @@ class Cost(BaseModel):
     surrogate_forward_passes: int = 0
     tokens_scored: int = 0
     cached_samples: int = Field(0, description="masks whose scores came from the score cache")
+    threads: int | None = Field(None, description="CPU threads the surrogate scored with (None: nothing scored)")
     seconds: float = 0.0
     closed_model_usage: dict[str, float] = Field(default_factory=dict)
 

@@ -7,6 +7,7 @@ response's tokens); `score_samples` scores masks into `ScoredSamples`, which `fi
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import numpy as np
 
 from ropelime.anytime import MAX_CHUNK, Deadline, RankingWatch, pace_of, plan_chunk
 from ropelime.cache import ScoreCache, digest
+from ropelime.cores import cpu_threads
 from ropelime.errors import Cancelled, InputError
 from ropelime.features import find_explain_span, split_features
 from ropelime.kernels import KERNELS
@@ -160,49 +162,51 @@ def score_masks(
     work = [len(ids) - shared_length(encoded.ids, ids) + len(response_ids) for ids, _ in perturbed]
     watch = RankingWatch(config.converge_top_k) if config.converge_top_k else None
     reference, stopped, position = None, None, 0
-    while position < len(todo):
-        if should_stop and should_stop():
-            raise Cancelled(f"cancelled after {done} of {len(masks)} samples (scores kept in the cache)")
-        upcoming = [work[i] for i in todo[position:]]
-        if reference is None:
-            upcoming[0] += len(encoded.ids) + len(response_ids)  # the unperturbed prompt's full pass comes first
-        limit = min(MAX_CHUNK, CONVERGE_EVERY - position % CONVERGE_EVERY if watch else MAX_CHUNK)
-        scored_before = done
-        take = plan_chunk(upcoming, pace, lambda j: deadline.scoring_left(scored_before + j),
-                          first=position == 0, limit=limit)
-        if take == 0:
-            stopped = "time budget"
-            break
-        chunk = todo[position:position + take]
-        chunk_started = time.perf_counter()
-        if reference is None:
-            reference = surrogate.reference(encoded.ids, response_ids)
-            cost.surrogate_forward_passes += 1
-        new: dict[str, TokenScores] = {}
-        finished = 0
-        try:
-            for batch, batch_scores in surrogate.iter_scores([perturbed[i][0] for i in chunk], response_ids,
-                                                             reference=reference):
-                cost.surrogate_forward_passes += 1
-                for j, scores in zip(batch, batch_scores):
-                    i = chunk[j]
-                    rows[i] = scores
-                    new[keys[i]] = scores
-                    cost.tokens_scored += len(perturbed[i][0]) + len(response_ids)
-                done, finished = done + len(batch), finished + len(batch)
-                if progress:
-                    progress(done, len(masks))
-                if should_stop and should_stop() and finished < len(chunk):
-                    raise Cancelled(f"cancelled after {done} of {len(masks)} samples (scores kept in the cache)")
-        finally:
-            cache.put_many(context, new)
-        pace.record(sum(upcoming[:take]), time.perf_counter() - chunk_started)
-        position += take
-        if watch is not None and (position % CONVERGE_EVERY == 0 or position == len(todo)):
-            so_far = [i for i, r in enumerate(rows) if r is not None]
-            if watch.update(masks[so_far], target_vector([rows[i] for i in so_far], config.target, positions),
-                            support_sign(config.target)):
-                stopped = "converged" if position < len(todo) else None
+    with cpu_threads() if todo else contextlib.nullcontext() as threads:
+        cost.threads = threads or cost.threads
+        while position < len(todo):
+            if should_stop and should_stop():
+                raise Cancelled(f"cancelled after {done} of {len(masks)} samples (scores kept in the cache)")
+            upcoming = [work[i] for i in todo[position:]]
+            if reference is None:
+                upcoming[0] += len(encoded.ids) + len(response_ids)  # the unperturbed prompt's full pass comes first
+            limit = min(MAX_CHUNK, CONVERGE_EVERY - position % CONVERGE_EVERY if watch else MAX_CHUNK)
+            scored_before = done
+            take = plan_chunk(upcoming, pace, lambda j: deadline.scoring_left(scored_before + j),
+                              first=position == 0, limit=limit)
+            if take == 0:
+                stopped = "time budget"
                 break
+            chunk = todo[position:position + take]
+            chunk_started = time.perf_counter()
+            if reference is None:
+                reference = surrogate.reference(encoded.ids, response_ids)
+                cost.surrogate_forward_passes += 1
+            new: dict[str, TokenScores] = {}
+            finished = 0
+            try:
+                for batch, batch_scores in surrogate.iter_scores([perturbed[i][0] for i in chunk], response_ids,
+                                                                 reference=reference):
+                    cost.surrogate_forward_passes += 1
+                    for j, scores in zip(batch, batch_scores):
+                        i = chunk[j]
+                        rows[i] = scores
+                        new[keys[i]] = scores
+                        cost.tokens_scored += len(perturbed[i][0]) + len(response_ids)
+                    done, finished = done + len(batch), finished + len(batch)
+                    if progress:
+                        progress(done, len(masks))
+                    if should_stop and should_stop() and finished < len(chunk):
+                        raise Cancelled(f"cancelled after {done} of {len(masks)} samples (scores kept in the cache)")
+            finally:
+                cache.put_many(context, new)
+            pace.record(sum(upcoming[:take]), time.perf_counter() - chunk_started)
+            position += take
+            if watch is not None and (position % CONVERGE_EVERY == 0 or position == len(todo)):
+                so_far = [i for i, r in enumerate(rows) if r is not None]
+                if watch.update(masks[so_far], target_vector([rows[i] for i in so_far], config.target, positions),
+                                support_sign(config.target)):
+                    stopped = "converged" if position < len(todo) else None
+                    break
     scored = [i for i, r in enumerate(rows) if r is not None]
     return scored, [rows[i] for i in scored], perturbed, stopped

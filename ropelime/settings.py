@@ -6,6 +6,7 @@
 | ROPELIME_SURROGATE | the default surrogate (a catalogued name, 'auto', a directory, a .gguf file or a hub id) |
 | ROPELIME_DEVICE | cpu, cuda, … (default: cuda when available) |
 | ROPELIME_DTYPE | compute precision: float32, mixed, bfloat16 or auto |
+| ROPELIME_THREADS | CPU threads of the surrogate (default: the cores other processes leave free; `ropelime.cores`) |
 | ROPELIME_MAX_FEATURES, ROPELIME_MAX_PROMPT_TOKENS, ROPELIME_MAX_RESPONSE_TOKENS | caps (`Limits`) |
 | ROPELIME_MODEL | the MCP server's closed model when a call gives neither response nor model |
 | ROPELIME_API_BASE | the MCP server's base URL of an OpenAI-compatible closed model |
@@ -42,6 +43,16 @@ def device() -> str | None:
 def dtype() -> str | None:
     """$ROPELIME_DTYPE: the compute precision used when none is named."""
     return _get("DTYPE")
+
+
+def threads() -> int | None:
+    """$ROPELIME_THREADS: torch threads for scoring, or None (unset or 'auto') to use the free cores."""
+    raw = _get("THREADS")
+    if raw is None or raw == "auto":
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise InputError(f"ROPELIME_THREADS={raw!r} is not a number of threads; set it to one, e.g. 2, or to auto.")
+    return int(raw)
 
 
 def closed_model() -> str | None:
