@@ -230,6 +230,9 @@ def _eval_parser(sub) -> None:
     p.add_argument("--reuse-scores", action="store_true",
                    help="score explanations through the persistent cache (refits cost nothing; cost counts new scoring only)")
     p.add_argument("--json", metavar="OUT", help="write the report (records and summary) to this file")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the report in --json OUT: keep the items it finished, evaluate the rest "
+                        "(refused when it was made with other settings)")
 
 
 def run_eval(args, argv: list[str]) -> int:
@@ -249,12 +252,24 @@ def run_eval(args, argv: list[str]) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from ropelime.research.evaluate import DATA_FILES, Closed, load_items, run_evaluation
+    from ropelime.research.evaluate import DATA_FILES, Closed, check_same_settings, load_items, run_evaluation
     from ropelime.explain import load_surrogate
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     items = load_items(args.task, Path(args.data or Path("..") / "shared" / "data" / DATA_FILES[args.task]),
                        limit=args.limit, layout=args.layout, answer_part=args.answer_part)
+    head = {"command": "ropelime eval " + " ".join(argv), "task": args.task, "layout": args.layout,
+            "answer_part": args.answer_part, "closed_local": args.closed_local}
+    previous = None
+    if args.resume:
+        if not args.json:
+            raise InputError("--resume continues the report of --json OUT: name that file.")
+        if Path(args.json).exists():
+            try:
+                previous = json.loads(Path(args.json).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as error:
+                raise InputError(f"cannot read {args.json} to resume it ({error}); fix or remove it.") from None
+            check_same_settings(previous, {k: v for k, v in head.items() if k != "command"})
     _quiet_libraries(args)
     err = Console(stderr=True)
     with err.status("loading the surrogate"):
@@ -286,10 +301,6 @@ def run_eval(args, argv: list[str]) -> int:
             def step(item_id: str, method: str) -> None:
                 bar.update(task, completed=next(steps), description=f"{item_id[:24]} {method}")
 
-            head = {"command": "ropelime eval " + " ".join(argv), "task": args.task, "layout": args.layout,
-                    "answer_part": args.answer_part,
-                    "closed_local": args.closed_local}
-
             def save(report: dict) -> None:
                 if args.json:
                     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -299,11 +310,12 @@ def run_eval(args, argv: list[str]) -> int:
                 from ropelime.research.transfer import run_transfer, transfer_table
 
                 report = run_transfer(items, methods, config, budget=budget, surrogate=surrogate, standin=local,
-                                      closed=closed, reuse_scores=args.reuse_scores, step=step, checkpoint=save)
+                                      closed=closed, reuse_scores=args.reuse_scores, step=step, checkpoint=save,
+                                      previous=previous)
             else:
                 report = run_evaluation(items, methods, config, budget=budget, surrogate=surrogate, closed=closed,
                                         heldout=args.heldout, reuse_scores=args.reuse_scores, step=step,
-                                        checkpoint=save)
+                                        checkpoint=save, previous=previous)
             bar.update(task, completed=len(items) * len(methods))
     if args.json:
         err.print(f"wrote {args.json}")

@@ -2,7 +2,7 @@
 
 torch's threads wait for each other at the end of every parallel region, so when another process
 keeps a core busy, a thread sharing that core holds all the others back (measured on 2 cores with one
-other busy process: an explanation 3× slower with 2 threads than with 1; `benchmarks/threads.py`).
+other busy process, an MMLU explanation took 60 s with 2 threads and 47 s with 1; `benchmarks/threads.py`).
 So, unless $ROPELIME_THREADS names a number, each scoring run uses the cores that no other process is
 running on at its start, never more than torch's own thread setting.
 """

@@ -158,3 +158,28 @@ def test_eval_reuse_scores_refits_without_surrogate_passes(tiny_model_dir, tmp_p
     first, again = (json.loads((tmp_path / f"{n}.json").read_text())["records"][0] for n in "ab")
     assert first["surrogate_passes"] > 0 and first["cached_samples"] == 0
     assert again["surrogate_passes"] == 0 and again["cached_samples"] == again["samples"]
+
+
+def test_eval_resume_keeps_the_finished_items_and_evaluates_the_rest(tiny_model_dir, tmp_path, mmlu_rows,
+                                                                       monkeypatch, capsys):
+    from ropelime.cli import main
+
+    out = tmp_path / "report.json"
+    common = ["eval", "mmlu", "--data", str(MMLU), "--methods", "ropelime,loo", "--budget", "5", "--heldout", "0",
+              "--surrogate", str(tiny_model_dir), "--device", "cpu", "--json", str(out), "--resume"]
+    assert main([*common, "--limit", "1"]) == 0
+    first = json.loads(out.read_text())
+    assert first["resumed"] == 0 and first["items"] == 1
+    monkeypatch.setenv("ROPELIME_CACHE_DIR", str(tmp_path / "another-machine"))  # no score cache to lean on
+    assert main([*common, "--limit", "2"]) == 0
+    second = json.loads(out.read_text())
+    assert second["resumed"] == 1 and second["items"] == 2 and second["complete"]
+    assert second["records"][:2] == first["records"]  # kept as they were, seconds included
+    assert {r["id"] for r in second["records"][2:]} != {first["records"][0]["id"]}
+    assert all(r["surrogate_passes"] > 0 for r in second["records"][2:])
+    capsys.readouterr()
+    assert main([*common, "--limit", "2", "--target", "kl"]) == 2
+    assert "other settings (methods differ)" in capsys.readouterr().err
+    assert json.loads(out.read_text()) == second  # the refused run left the report alone
+    assert main([*common[:-3], "--resume", "--limit", "1"]) == 2
+    assert "--resume continues the report of --json OUT" in capsys.readouterr().err

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ropelime.cache import ScoreCache
+from ropelime.errors import InputError
 from ropelime.features import find_explain_span, split_features
 from ropelime.schema import ExplainConfig, Explanation, Feature, Granularity
 from ropelime.surrogate import Surrogate
@@ -265,15 +266,40 @@ def summarise(records: list[dict], methods: list[str], seed: int = 0) -> dict[st
             for m in methods}
 
 
+def check_same_settings(previous: dict[str, Any], head: dict[str, Any]) -> None:
+    """InputError when the report `previous` was made with other settings than `head` (its keys)."""
+    differ = [key for key in head if json.loads(json.dumps(head[key])) != previous.get(key)]
+    if differ:
+        raise InputError(f"the report to resume was made with other settings ({', '.join(differ)} differ); "
+                         "write to another --json file, or run without --resume.")
+
+
+def finished_items(previous: dict[str, Any] | None, head: dict[str, Any], methods: list[str]) -> dict[str, list[dict]]:
+    """A previous report's records of the items every method finished without error, by item id.
+
+    InputError when `previous` was made with other settings than `head` (the keys both describe).
+    """
+    if not previous:
+        return {}
+    check_same_settings(previous, head)
+    by_item: dict[str, list[dict]] = {}
+    for record in previous.get("records", []):
+        by_item.setdefault(record["id"], []).append(record)
+    return {item: records for item, records in by_item.items()
+            if {r["method"] for r in records if "error" not in r} >= set(methods)}
+
+
 def run_evaluation(items: list[Item], methods: list[str], config: ExplainConfig, *, budget: int | Literal["d"],
                    surrogate: Surrogate, closed: Closed | None = None, heldout: int = 32,
                    reuse_scores: bool = False, step: Callable[[str, str], None] | None = None,
-                   checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                   checkpoint: Callable[[dict[str, Any]], None] | None = None,
+                   previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate every method on every item; the report holds the per-item records and the summary.
 
     Faithfulness masks are scored through the persistent score cache (shared by the methods of an
     item); explanations use fresh caches so their cost is what a user would pay, unless
     `reuse_scores`. `checkpoint` gets the report so far after every item (`complete` False until the last).
+    Items that a `previous` report with the same settings finished keep its records (`resumed` counts them).
     """
     from ropelime.explain import default_cache
 
@@ -292,13 +318,20 @@ def run_evaluation(items: list[Item], methods: list[str], config: ExplainConfig,
         "faithfulness": {"target": "nll", "perturb": "delete", "heldout_masks": heldout},
         "scores": "persistent cache (cost counts only new scoring)" if reuse_scores else "fresh cache per explanation",
     }
+    finished = finished_items(previous, head, methods)
+    head["resumed"] = sum(item.id in finished for item in items)
     records: list[dict] = []
     report: dict[str, Any] = {}
     for done, item in enumerate(items, start=1):
         for method in methods:  # one at a time, so a long run saves every finished explanation
-            records += evaluate_item(item, [method], config, budget=budget, surrogate=surrogate, closed=closed,
-                                     heldout=heldout, faith_cache=default_cache(), reuse_scores=reuse_scores,
-                                     step=(lambda m, item=item: step(item.id, m)) if step else None)
+            if item.id in finished:
+                records += [r for r in finished[item.id] if r["method"] == method]
+                if step:
+                    step(item.id, method)
+            else:
+                records += evaluate_item(item, [method], config, budget=budget, surrogate=surrogate, closed=closed,
+                                         heldout=heldout, faith_cache=default_cache(), reuse_scores=reuse_scores,
+                                         step=(lambda m, item=item: step(item.id, m)) if step else None)
             report = {**head, "items": done, "complete": done == len(items) and method == methods[-1],
                       "errors": sum("error" in r for r in records),
                       "summary": summarise(records, methods, seed=config.seed), "records": records}

@@ -27,7 +27,8 @@ from scipy.stats import spearmanr
 from ropelime.cache import digest
 from ropelime.closed import fetch_response, fixed_output
 from ropelime.research.evaluate import METHODS as EVALUATED
-from ropelime.research.evaluate import Closed, Item, agreement, explain_item, feature_count, gold_labels, mean_ci, method_config
+from ropelime.research.evaluate import (Closed, Item, agreement, explain_item, feature_count, finished_items, gold_labels,
+                                        mean_ci, method_config)
 from ropelime.features import find_explain_span, split_features
 from ropelime.perturb import perturb_text
 from ropelime.schema import ExplainConfig, Feature
@@ -177,20 +178,26 @@ def summarise(records: list[dict], methods: list[str], seed: int = 0) -> dict[st
 def run_transfer(items: list[Item], methods: list[str], config: ExplainConfig, *, budget: int | Literal["d"],
                  surrogate: Surrogate, standin: Surrogate, closed: Closed, reuse_scores: bool = False,
                  step: Callable[[str, str], None] | None = None,
-                 checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """The transfer evaluation over `items`; `checkpoint` gets the report so far after every item."""
+                 checkpoint: Callable[[dict[str, Any]], None] | None = None,
+                 previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The transfer evaluation over `items`; `checkpoint` gets the report so far after every item.
+
+    Items that a `previous` report with the same settings finished keep its records (`resumed` counts them).
+    """
     unknown = sorted(set(methods) - set(EVALUATED))
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(EVALUATED)}.")
     head = {"mode": "transfer", "fixed_output": f"answer of {closed.model}", "surrogate": surrogate.name,
-            "standin": standin.name, "budget": budget, "ground_truth": f"stand-in leave-one-out, top {TOP_LOO}",
+            "precision": surrogate.precision, "standin": standin.name, "standin_precision": standin.precision, "budget": budget, "ground_truth": f"stand-in leave-one-out, top {TOP_LOO}",
             "standin_loo": STANDIN_LOO, "verify_k": VERIFY_K, "methods": methods}
+    finished = finished_items(previous, head, methods)
+    head["resumed"] = sum(item.id in finished for item in items)
     records: list[dict] = []
     report: dict[str, Any] = {}
     for done, item in enumerate(items, start=1):
-        records += transfer_item(item, methods, config, budget=budget, surrogate=surrogate, standin=standin,
-                                 closed=closed, reuse_scores=reuse_scores,
-                                 step=(lambda m, item=item: step(item.id, m)) if step else None)
+        records += finished.get(item.id) or transfer_item(
+            item, methods, config, budget=budget, surrogate=surrogate, standin=standin, closed=closed,
+            reuse_scores=reuse_scores, step=(lambda m, item=item: step(item.id, m)) if step else None)
         report = {**head, "items": done, "complete": done == len(items),
                   "errors": sum("error" in r for r in records),
                   "summary": summarise(records, methods, seed=config.seed), "records": records}
