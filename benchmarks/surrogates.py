@@ -39,6 +39,8 @@ def measure(name: str, mmlu_rows: list[int], hotpot_rows: list[int], budget: int
     surrogate = Surrogate.load(name)
     out = {"surrogate": name, "precision": surrogate.precision, "load_s": round(time.perf_counter() - started, 1)}
     for task, rows, build in (("mmlu", mmlu_rows, mmlu_item), ("hotpotqa", hotpot_rows, hotpotqa_item)):
+        if not rows:
+            continue
         data = read_jsonl(DATA / DATA_FILES[task])
         seconds, tokens = [], 0
         for row in rows:
@@ -88,11 +90,13 @@ def main() -> None:
     print("| surrogate | precision | load s | MMLU s / explanation | HotpotQA s / explanation | tokens/s (MMLU, HotpotQA) "
           "| × embedded time (MMLU, HotpotQA) | peak RSS GiB |")
     print("|---|---|---|---|---|---|---|---|")
+    tasks = ("mmlu", "hotpotqa")
     for r in results:
-        ratio = (f"{r['mmlu']['seconds_mean'] / base['mmlu']['seconds_mean']:.1f}, "
-                 f"{r['hotpotqa']['seconds_mean'] / base['hotpotqa']['seconds_mean']:.1f}") if base else "–"
-        print(f"| {r['surrogate']} | {r['precision']} | {r['load_s']} | {r['mmlu']['seconds_mean']} | "
-              f"{r['hotpotqa']['seconds_mean']} | {r['mmlu']['tokens_per_s']:,}, {r['hotpotqa']['tokens_per_s']:,} | "
+        cell = lambda task, key: f"{r[task][key]:,}" if task in r else "–"  # noqa: E731
+        ratio = ", ".join(f"{r[t]['seconds_mean'] / base[t]['seconds_mean']:.1f}" if base and t in r else "–"
+                          for t in tasks)
+        print(f"| {r['surrogate']} | {r['precision']} | {r['load_s']} | {cell('mmlu', 'seconds_mean')} | "
+              f"{cell('hotpotqa', 'seconds_mean')} | {cell('mmlu', 'tokens_per_s')}, {cell('hotpotqa', 'tokens_per_s')} | "
               f"{ratio} | {r['peak_rss_gib']} |")
 
 

@@ -204,7 +204,8 @@ def _eval_parser(sub) -> None:
                        description="Evaluate RoPE-LIME and baselines on HotpotQA (sentences) or MMLU (words).")
     p.add_argument("task", choices=("hotpotqa", "mmlu"))
     p.add_argument("--data", help="the dev JSONL file (default ../shared/data/<task file>)")
-    p.add_argument("--limit", type=int, help="evaluate the first N items")
+    p.add_argument("--limit", type=int, help="evaluate the first N items (after --skip)")
+    p.add_argument("--skip", type=int, default=0, metavar="N", help="leave out the first N items")
     p.add_argument("--layout", choices=("context_first", "question_first"), default="context_first",
                    help="hotpotqa: where the question sits relative to the context")
     p.add_argument("--answer-part", choices=("whole", "letter"), default="whole",
@@ -239,6 +240,8 @@ def run_eval(args, argv: list[str]) -> int:
     if args.budget != "d" and not (args.budget.isdigit() and int(args.budget) > 0):
         raise InputError(f"--budget takes a positive whole number or 'd', got {args.budget!r}.")
     budget = "d" if args.budget == "d" else int(args.budget)
+    if args.skip < 0 or (args.limit is not None and args.limit < 1):
+        raise InputError("--skip takes 0 or more items and --limit 1 or more.")
     if args.transfer and not args.closed_local:
         raise InputError("--transfer needs --closed-local MODEL: the stand-in's own leave-one-out is computed locally.")
     try:
@@ -257,7 +260,7 @@ def run_eval(args, argv: list[str]) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     items = load_items(args.task, Path(args.data or Path("..") / "shared" / "data" / DATA_FILES[args.task]),
-                       limit=args.limit, layout=args.layout, answer_part=args.answer_part)
+                       limit=args.limit, skip=args.skip, layout=args.layout, answer_part=args.answer_part)
     head = {"command": "ropelime eval " + " ".join(argv), "task": args.task, "layout": args.layout,
             "answer_part": args.answer_part, "closed_local": args.closed_local}
     previous = None

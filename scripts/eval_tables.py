@@ -5,6 +5,7 @@
     python scripts/eval_tables.py --compact --base BASE.json OTHER.json ...  # plus paired differences
     python scripts/eval_tables.py --plot docs/eval_budget.png docs/results/budget/*.json
     python scripts/eval_tables.py --plot-surrogates docs/eval_surrogates.png docs/results/quality/mmlu_*_base.json
+    python scripts/eval_tables.py --merge ALL.json FIRST.json REST.json   # one report of their items
     python scripts/eval_tables.py --fill docs/EVALUATION.md   # regenerate every marked table in place
 
 In `--fill`, a table is the text between `<!-- eval_tables: ARGS -->` and `<!-- end -->`, replaced by
@@ -213,6 +214,35 @@ def fill(document: Path) -> None:
     document.write_text(MARKED.sub(regenerate, document.read_text(encoding="utf-8")), encoding="utf-8")
 
 
+MERGED_KEYS = ("task", "layout", "answer_part", "fixed_output", "surrogate", "budget", "methods", "faithfulness")
+"""What the reports joined by --merge must share (precision may differ: each part's is listed)."""
+
+
+def merge(reports: list[dict], paths: list[str]) -> dict:
+    """One report of the items of `reports` (e.g. items 1–40 and 41–60), each item once, summary recomputed."""
+    from ropelime.research.evaluate import summarise
+
+    first = reports[0]
+    for report, path in zip(reports[1:], paths[1:]):
+        differ = [key for key in MERGED_KEYS if report.get(key) != first.get(key)]
+        if differ:
+            raise SystemExit(f"{path} differs from {paths[0]} in {', '.join(differ)}: not merged")
+    records, seen = [], set()
+    for report in reports:
+        ids = {r["id"] for r in report["records"]} - seen
+        records += [r for r in report["records"] if r["id"] in ids]
+        seen |= ids
+    methods = list(first["methods"])
+    precisions = sorted({r["precision"] for r in reports})
+    return {**{key: first.get(key) for key in MERGED_KEYS},
+            "precision": precisions[0] if len(precisions) == 1 else " + ".join(precisions),
+            "parts": [{"report": path, "command": r.get("command"), "precision": r["precision"], "items": r["items"]}
+                      for r, path in zip(reports, paths)],
+            "scores": first.get("scores"), "items": len(seen), "complete": all(r.get("complete") for r in reports),
+            "errors": sum("error" in r for r in records), "summary": summarise(records, methods, seed=0),
+            "records": records}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reports", nargs="*")
@@ -222,12 +252,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="plot AUROC against surrogate size and seconds, one report per surrogate")
     parser.add_argument("--compact", action="store_true", help="one table, one row per report and method")
     parser.add_argument("--base", metavar="REPORT", help="--compact: add paired differences against this report")
+    parser.add_argument("--merge", metavar="OUT", help="join these reports' items into one report (same settings)")
     args = parser.parse_args(argv)
     if args.fill:
         fill(Path(args.fill))
         print(f"filled {args.fill}")
         return
     reports = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.reports]
+    if args.merge:
+        Path(args.merge).write_text(json.dumps(merge(reports, args.reports), indent=1), encoding="utf-8")
+        print(f"wrote {args.merge}")
+        return
     if args.plot:
         plot(reports, Path(args.plot))
         print(f"wrote {args.plot}")

@@ -183,3 +183,20 @@ def test_eval_resume_keeps_the_finished_items_and_evaluates_the_rest(tiny_model_
     assert json.loads(out.read_text()) == second  # the refused run left the report alone
     assert main([*common[:-3], "--resume", "--limit", "1"]) == 2
     assert "--resume continues the report of --json OUT" in capsys.readouterr().err
+
+
+def test_eval_skip_and_merge_give_the_report_of_all_the_items(tiny_model_dir, tmp_path, mmlu_rows):
+    from ropelime.cli import main
+    from scripts.eval_tables import main as tables
+
+    common = ["eval", "mmlu", "--data", str(MMLU), "--methods", "ropelime,loo", "--budget", "5", "--heldout", "0",
+              "--surrogate", str(tiny_model_dir), "--device", "cpu"]
+    assert main([*common, "--limit", "2", "--json", str(tmp_path / "all.json")]) == 0
+    assert main([*common, "--limit", "1", "--json", str(tmp_path / "first.json")]) == 0
+    assert main([*common, "--skip", "1", "--limit", "1", "--json", str(tmp_path / "rest.json")]) == 0
+    tables(["--merge", str(tmp_path / "merged.json"), str(tmp_path / "first.json"), str(tmp_path / "rest.json")])
+    merged, whole = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("merged", "all"))
+    strip = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]  # noqa: E731
+    assert merged["items"] == 2 and strip(merged["records"]) == strip(whole["records"])
+    assert merged["summary"]["ropelime"]["auroc"] == whole["summary"]["ropelime"]["auroc"]
+    assert main([*common, "--skip", "-1", "--json", str(tmp_path / "x.json")]) == 2

@@ -112,10 +112,10 @@ def mmlu_item(row: dict, answer_part: AnswerPart = "whole") -> Item:
                 output_span=LETTERS[row["answer"]] if answer_part == "letter" else None, gold_spans=gold)
 
 
-def load_items(task: Task, path: Path, *, limit: int | None = None, layout: Layout = "context_first",
+def load_items(task: Task, path: Path, *, limit: int | None = None, skip: int = 0, layout: Layout = "context_first",
                answer_part: AnswerPart = "whole") -> list[Item]:
-    """The first `limit` items of a dev file."""
-    rows = read_jsonl(path)[:limit]
+    """`limit` items of a dev file (all by default) after its first `skip`."""
+    rows = read_jsonl(path)[skip:None if limit is None else skip + limit]
     if task == "hotpotqa":
         return [hotpotqa_item(row, layout) for row in rows]
     if task == "mmlu":
