@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from ropelime.errors import CatalogueError
+from ropelime import speeds
 from ropelime.settings import cache_dir
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,8 @@ def load_gguf(path: Path):
 def choose_auto(*, prompt_tokens: int, masks: int, time_budget_s: float | None, gpu: bool) -> tuple[Entry, str]:
     """The largest installed surrogate whose estimated scoring time fits the time budget, and why.
 
-    The estimate is masks × prompt tokens ÷ the surrogate's measured CPU speed. On a GPU, or without
+    The estimate is masks × prompt tokens ÷ the surrogate's CPU speed: measured on this machine when
+    it has scored here before (`ropelime.speeds`), else the reference machine's. On a GPU, or without
     a time budget, the largest installed surrogate is taken.
     """
     installed = sorted((e for e in CATALOGUE.values() if e.is_installed()), key=lambda e: -e.parameters_b)
@@ -211,13 +213,15 @@ def choose_auto(*, prompt_tokens: int, masks: int, time_budget_s: float | None, 
         why = "a GPU is present" if gpu else "no time budget"
         return pick, f"auto: {pick.name}, the largest installed surrogate ({why})"
     for candidate in installed:
-        if candidate.cpu_tokens_per_s is None:
+        here = speeds.measured(candidate.name)
+        rate = here or candidate.cpu_tokens_per_s
+        if rate is None:
             continue
-        seconds = masks * prompt_tokens / candidate.cpu_tokens_per_s
+        seconds = masks * prompt_tokens / rate
         if seconds <= time_budget_s:
+            where = "measured on this machine" if here else "on the reference machine's 2 CPU cores"
             return candidate, (f"auto: {candidate.name}, the largest installed surrogate whose estimated "
                                f"{seconds:.0f} s ({masks} prompts × {prompt_tokens} tokens at "
-                               f"{candidate.cpu_tokens_per_s:,.0f} tokens/s on 2 CPU cores) fits the "
-                               f"{time_budget_s:g} s budget")
+                               f"{rate:,.0f} tokens/s, {where}) fits the {time_budget_s:g} s budget")
     return embedded, (f"auto: {embedded.name}, the smallest surrogate: no installed one is estimated to "
                       f"finish {masks} prompts × {prompt_tokens} tokens in {time_budget_s:g} s")

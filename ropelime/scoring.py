@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ropelime import speeds
 from ropelime.anytime import MAX_CHUNK, Deadline, RankingWatch, pace_of, plan_chunk
 from ropelime.cache import ScoreCache, digest
 from ropelime.cores import cpu_threads
@@ -162,6 +163,7 @@ def score_masks(
     work = [len(ids) - shared_length(encoded.ids, ids) + len(response_ids) for ids, _ in perturbed]
     watch = RankingWatch(config.converge_top_k) if config.converge_top_k else None
     reference, stopped, position = None, None, 0
+    tokens_before, scoring_started = cost.tokens_scored, time.perf_counter()
     with cpu_threads() if todo else contextlib.nullcontext() as threads:
         cost.threads = threads or cost.threads
         while position < len(todo):
@@ -208,5 +210,7 @@ def score_masks(
                                 support_sign(config.target)):
                     stopped = "converged" if position < len(todo) else None
                     break
+    if surrogate.device.type == "cpu":
+        speeds.record(surrogate.name, cost.tokens_scored - tokens_before, time.perf_counter() - scoring_started)
     scored = [i for i, r in enumerate(rows) if r is not None]
     return scored, [rows[i] for i in scored], perturbed, stopped

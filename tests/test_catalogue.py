@@ -147,3 +147,27 @@ def test_models_lists_the_catalogue_and_refuses_unknown_names(capsys):
     assert main(["models", "--prepare", "no-such-model"]) == 2
     error = capsys.readouterr().err
     assert "unknown surrogate 'no-such-model'" in error and "qwen2.5-coder-0.5b" in error
+
+
+def test_auto_plans_with_the_speed_measured_on_this_machine(monkeypatch, tiny_surrogate):
+    from ropelime import speeds
+    from ropelime.explain import explain
+
+    fast = Entry("small", "Small", 0.2, "embedded", "MIT", "test", cpu_tokens_per_s=2000.0)
+    slow = Entry("large", "Large", 1.5, "embedded", "MIT", "test", cpu_tokens_per_s=200.0)
+    monkeypatch.setattr(catalogue, "CATALOGUE", {"gemma3-270m": fast, "large": slow})
+    monkeypatch.setattr(catalogue, "EMBEDDED", "gemma3-270m")
+    assert catalogue.choose_auto(prompt_tokens=100, masks=65, time_budget_s=40, gpu=False)[0] is slow
+    speeds.record("large", 10_000, 100.0)  # this machine: 100 tokens/s, half the reference
+    pick, why = catalogue.choose_auto(prompt_tokens=100, masks=65, time_budget_s=40, gpu=False)
+    assert pick is fast and "2,000 tokens/s, on the reference machine" in why  # 65 s here: over the budget
+    pick, why = catalogue.choose_auto(prompt_tokens=50, masks=65, time_budget_s=40, gpu=False)
+    assert pick is slow and "100 tokens/s, measured on this machine" in why
+
+    speeds.record("large", 100, 0.001)  # too few tokens to say anything about speed
+    assert speeds.measured("large") == 100.0
+    prompt = " ".join(f"Sentence number {i} says something about topic {i}." for i in range(40))
+    assert speeds.measured(tiny_surrogate.name) is None
+    result = explain(prompt, "Topic three.", surrogate=tiny_surrogate, granularity="sentence", budget=8)
+    assert result.cost.tokens_scored >= speeds.MIN_TOKENS
+    assert speeds.measured(tiny_surrogate.name) > 0
