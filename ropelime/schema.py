@@ -48,7 +48,8 @@ class ExplainConfig(BaseModel):
                              "feature kept with probability 1/2)")
     budget: int = Field(64, ge=1, le=100_000, description="perturbed prompts to score (loo uses one per feature); "
                         "more is slower and steadier")
-    k: int | None = Field(None, ge=1, description="sparse_k: largest number of features removed per mask; None = auto")
+    k: int | None = Field(None, ge=1, description="sparse_k: largest number of features removed per mask; "
+                                                  "unset = chosen from the number of features")
     sizes: SizeDistribution = Field("uniform", description="sparse_k: how many features a mask removes, 1..k: "
                                     "uniform, or harmonic (probability ∝ 1/size)")
     target: Target = Field("nll", description="what is measured per perturbed prompt (nll: mean negative "
@@ -56,7 +57,7 @@ class ExplainConfig(BaseModel):
                            "next-token distributions)")
     kernel: Kernel = Field("rwmd_rope", description="locality weighting of the perturbed prompts (rwmd_rope: "
                            "relaxed word mover's distance in RoPE embedding space; cosine: LIME's; uniform: none)")
-    kernel_width: float | None = Field(None, gt=0, description="sigma of the locality kernel; None = the kernel's default")
+    kernel_width: float | None = Field(None, gt=0, description="sigma of the locality kernel; unset = the kernel's default")
     kernel_cost: KernelCost = Field("euclidean", description="rwmd_rope: ground cost between RoPE token vectors in "
                                     "the RWMD: euclidean distance, or cosine (1 − cosine similarity, 0..2); "
                                     "the cosine and uniform kernels ignore it")
@@ -70,12 +71,12 @@ class ExplainConfig(BaseModel):
                                               "template, the response as the assistant turn), plain (the text as "
                                               "is), or auto (the format measured best for the surrogate)")
     solver: Solver = Field("ridge", description="the weighted linear fit: ridge, ols or lasso")
-    alpha: float | None = Field(None, ge=0, description="regularisation of ridge / lasso; None = the solver's default")
+    alpha: float | None = Field(None, ge=0, description="regularisation of ridge / lasso; unset = the solver's default")
     seed: int = Field(0, description="masks and intervals are deterministic per seed")
     time_budget_s: float | None = Field(None, gt=0, description="stop scoring before this many seconds would pass "
                                         "and return a partial result marked incomplete (null: no limit)")
     converge_top_k: int | None = Field(None, ge=1, description="stop scoring once the top-k features and their "
-                                       "order stayed the same for two chunks; None = score the whole budget")
+                                       "order stayed the same for two chunks; unset = score the whole budget")
     segments: list[tuple[int, int]] | None = Field(
         None, description="granularity=segments: (start, end) character spans into the prompt"
     )
