@@ -3,6 +3,7 @@ precision, and return the model and tokenizer ready for `ropelime.surrogate.Surr
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -10,6 +11,8 @@ import torch
 from ropelime import catalogue, settings
 from ropelime.catalogue import EMBEDDED, PromptFormat, load_gguf
 from ropelime.errors import SurrogateError
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("float32", "mixed", "bfloat16")
 """float32; mixed: matrix products in bfloat16 (autocast; linear weights stored in bfloat16), float32 embeddings,
@@ -31,15 +34,22 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
     """The compute precision: as asked (or $ROPELIME_DTYPE); 'auto' is 'mixed' where the hardware runs
     bfloat16 natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else float32."""
     precision = precision or settings.dtype() or DEFAULT_PRECISION
-    if precision in PRECISIONS:
-        return precision
-    if precision != "auto":
+    if precision not in (*PRECISIONS, "auto"):
         raise SurrogateError(f"unknown dtype {precision!r}: give one of {', '.join(PRECISIONS)} or 'auto'.")
+    native = native_bf16(device)
+    if precision == "auto":
+        return "mixed" if native else "float32"
+    if precision != "float32" and not native:
+        log.warning("%s precision on %s without native bfloat16 is emulated and several times slower than "
+                    "float32; use ROPELIME_DTYPE=auto (or float32) on this hardware", precision, device)
+    return precision
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` runs bfloat16 matrix products natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX)."""
     if device.type == "cuda":
-        return "mixed" if torch.cuda.is_bf16_supported() else "float32"
-    if device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return "mixed"
-    return "float32"
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def load_model(name: str | None = None, *, device: str | None = None, dtype: str | None = None

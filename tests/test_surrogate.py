@@ -73,6 +73,18 @@ def test_precision_auto_and_unknown(tiny_model_dir, monkeypatch):
         Surrogate.load(str(tiny_model_dir), device="cpu", dtype="fp8")
 
 
+def test_forced_bf16_without_native_support_warns(tiny_model_dir, monkeypatch, caplog):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert Surrogate.load(str(tiny_model_dir), device="cpu", dtype="float32").precision == "float32"
+    assert "emulated" not in caplog.text
+    assert Surrogate.load(str(tiny_model_dir), device="cpu", dtype="mixed").precision == "mixed"
+    assert "mixed precision on cpu without native bfloat16 is emulated" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    Surrogate.load(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    assert "emulated" not in caplog.text
+
+
 def test_tokens_map_to_the_feature_holding_them(tiny_surrogate):
     encoded = tiny_surrogate.encode_prompt(PROMPT, None, SPANS)
     pieces = {j: tiny_surrogate.tokenizer.decode([t for t, f in zip(encoded.ids, encoded.token_feature) if f == j])
