@@ -13,7 +13,7 @@ load (shown apart):
   1): `ContextCiter(model, tokenizer, context, query, num_ablations=masks, batch_size=b, ...)`,
   timed from constructing the citer to `get_attributions()`. It gets the surrogate's transformers
   model and tokenizer as `ropelime.loading.load_model` prepares them, without RoPE-LIME's engine
-  changes; it runs in the weights' dtype (its autocast is CUDA-only).
+  changes, in float32 (its autocast is CUDA-only).
   - Prompt: its template is the item's prompt with the context cut out, so the prompt it builds is
     the item's. It always applies the tokenizer's chat template; for a surrogate RoPE-LIME reads
     plain (no chat template, as the embedded Gemma 3 270M GGUF), the tokenizer is given a template
@@ -112,7 +112,7 @@ def run_contextcite(args) -> dict:
     start, end = find_explain_span(item.prompt, item.explain)
     head, tail = (text.replace("{", "{{").replace("}", "}}") for text in (item.prompt[:start], item.prompt[end:]))
     started = time.perf_counter()
-    model, tokenizer, *_, prompt_format = load_model(args.surrogate)
+    model, tokenizer, *_, prompt_format = load_model(args.surrogate, dtype="float32")
     load_s = time.perf_counter() - started
     if prompt_format == "plain" or not getattr(tokenizer, "chat_template", None):
         # ContextCite always applies a chat template; RoPE-LIME reads this surrogate plain: the prompt, a blank line

@@ -18,13 +18,22 @@ import torch
 
 
 def store_linear_weights_in_bf16(model: torch.nn.Module) -> None:
-    """Keep every `nn.Linear` weight and bias of `model` in bfloat16 (in place), untying a tied output embedding."""
+    """Keep every `nn.Linear` weight and bias of `model` in bfloat16 and every other parameter in float32
+    (in place), untying a tied output embedding.
+
+    The model may come in float32 or in the (lower) precision its checkpoint is stored in: loading a
+    bfloat16 checkpoint as it is and widening the rest gives the same numbers without ever holding a
+    float32 copy of the linear weights."""
     head = model.get_output_embeddings()
     if head is not None and head.weight is model.get_input_embeddings().weight:
         head.weight = torch.nn.Parameter(head.weight.detach().to(torch.bfloat16), requires_grad=False)
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             module.to(torch.bfloat16)
+        else:
+            for name, parameter in module.named_parameters(recurse=False):
+                if parameter.dtype != torch.float32:
+                    setattr(module, name, torch.nn.Parameter(parameter.detach().float(), requires_grad=False))
 
 
 def contiguous_head_input(model: torch.nn.Module) -> None:

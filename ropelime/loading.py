@@ -58,7 +58,7 @@ def load_model(name: str | None = None, *, device: str | None = None, dtype: str
     directory, a GGUF file or a hub id.
 
     `dtype` is the compute precision ('float32', 'mixed', 'bfloat16' or 'auto'; default $ROPELIME_DTYPE
-    or DEFAULT_PRECISION). Returns the model (on its device, in its weights' precision), the tokenizer,
+    or DEFAULT_PRECISION). Returns the model (on its device; with 'mixed' possibly in its checkpoint's precision), the tokenizer,
     the surrogate's name, the device, the precision and the catalogue's prompt format (None when not catalogued).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -69,6 +69,8 @@ def load_model(name: str | None = None, *, device: str | None = None, dtype: str
     known = catalogue.entry(name)
     hub_id = known.hub_id if known else None
     path = Path(name).expanduser()
+    # mixed: load a checkpoint in the precision it is stored in; `Surrogate` widens all but the linear weights
+    stored = "auto" if precision == "mixed" else torch.float32
     try:
         if known and not hub_id:
             path = catalogue.prepare(known)
@@ -78,11 +80,11 @@ def load_model(name: str | None = None, *, device: str | None = None, dtype: str
             tokenizer, model = load_gguf(path)
         elif path.is_dir():
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=stored)
         elif hub_id or (name.count("/") == 1 and not name.startswith((".", "/", "~"))):
             hub_id = hub_id or name  # a hub model the user named: it downloads
             tokenizer = AutoTokenizer.from_pretrained(hub_id)
-            model = AutoModelForCausalLM.from_pretrained(hub_id, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(hub_id, dtype=stored)
         else:
             raise SurrogateError(
                 f"unknown surrogate {name!r}: give a catalogued name ({', '.join(catalogue.CATALOGUE)}; "
@@ -97,6 +99,6 @@ def load_model(name: str | None = None, *, device: str | None = None, dtype: str
                                  "internet (and accept its licence on the hub if it is gated), or pick an "
                                  "installed surrogate (ropelime models).") from error
         raise SurrogateError(f"could not load surrogate {name!r}: {str(error).splitlines()[0]}") from error
-    weights = torch.bfloat16 if precision == "bfloat16" else torch.float32
-    return (model.to(torch_device, weights), tokenizer, known.name if known else name, torch_device, precision,
+    model = model.to(torch_device, torch.bfloat16) if precision == "bfloat16" else model.to(torch_device)
+    return (model, tokenizer, known.name if known else name, torch_device, precision,
             known.prompt_format if known else None)

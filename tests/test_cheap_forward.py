@@ -6,9 +6,10 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from ropelime.cheap_forward import contiguous_head_input, store_linear_weights_in_bf16
+from ropelime.loading import load_model
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +54,22 @@ def test_the_head_sees_a_densely_packed_slice_even_for_one_row(tied_model):
     rows, keep, width = seen[0].shape
     assert (rows, keep) == (1, 4)
     assert seen[0].stride() == (keep * width, width, 1)
+
+
+def test_a_bf16_checkpoint_loads_for_mixed_precision_without_a_float32_copy(tied_model, tiny_model_dir, tmp_path):
+    """Loaded as stored (bf16) and widened, a checkpoint gives exactly the weights, buffers and logits of the
+    float32 path (load widened, then narrow the linear weights), in half the memory for the linear weights."""
+    copy.deepcopy(tied_model).to(torch.bfloat16).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path)
+    model, *_ = load_model(str(tmp_path), device="cpu", dtype="mixed")
+    assert model.get_input_embeddings().weight.dtype == torch.bfloat16  # as stored: nothing widened yet
+    store_linear_weights_in_bf16(model)
+    reference = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    store_linear_weights_in_bf16(reference)
+    assert model.get_input_embeddings().weight.dtype == torch.float32
+    for (name, mine), (_, theirs) in zip(model.state_dict().items(), reference.state_dict().items(), strict=True):
+        assert mine.dtype == theirs.dtype and torch.equal(mine, theirs), name
+    for (name, mine), (_, theirs) in zip(model.named_buffers(), reference.named_buffers(), strict=True):
+        assert mine.dtype == theirs.dtype and torch.equal(mine, theirs), name
+    ids = torch.randint(3, 300, (2, 11))
+    assert torch.equal(output_logits(model.eval(), ids, 3), output_logits(reference, ids, 3))
