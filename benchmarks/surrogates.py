@@ -2,6 +2,7 @@
 
     python benchmarks/surrogates.py                         # every installed surrogate
     python benchmarks/surrogates.py --surrogates gemma3-270m,qwen2.5-coder-0.5b --hotpotqa-rows 25
+    python benchmarks/surrogates.py --json docs/results/surrogate_timings.json   # also keep the results
 
 For each surrogate, in its own subprocess (so peak memory is its own): load time, then
 `ropelime.explain` with the default method at budget 64 and a fresh score cache on dev items built as
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--mmlu-rows", default="0,1,2", help="MMLU dev rows to explain")
     parser.add_argument("--hotpotqa-rows", default="25", help="HotpotQA dev rows to explain")
     parser.add_argument("--budget", type=int, default=64)
+    parser.add_argument("--json", metavar="OUT", help="also write the results (and the load average) here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     rows = ([int(r) for r in args.mmlu_rows.split(",") if r], [int(r) for r in args.hotpotqa_rows.split(",") if r])
@@ -85,8 +87,11 @@ def main() -> None:
         results.append(json.loads(child.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), file=sys.stderr)
     base = next((r for r in results if r["surrogate"] == catalogue.EMBEDDED), None)
-    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; budget {args.budget}, fresh cache, "
-          f"default method; MMLU rows {args.mmlu_rows}, HotpotQA rows {args.hotpotqa_rows}")
+    setting = (f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; budget {args.budget}, fresh cache, "
+               f"default method; MMLU rows {args.mmlu_rows}, HotpotQA rows {args.hotpotqa_rows}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"setting": setting, "results": results}, indent=1), encoding="utf-8")
+    print(setting)
     print("| surrogate | precision | load s | MMLU s / explanation | HotpotQA s / explanation | tokens/s (MMLU, HotpotQA) "
           "| × embedded time (MMLU, HotpotQA) | peak RSS GiB |")
     print("|---|---|---|---|---|---|---|---|")

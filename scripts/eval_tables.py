@@ -5,6 +5,7 @@
     python scripts/eval_tables.py --compact --base BASE.json OTHER.json ...  # plus paired differences
     python scripts/eval_tables.py --plot docs/eval_budget.png docs/results/budget/*.json
     python scripts/eval_tables.py --plot-surrogates docs/eval_surrogates.png docs/results/quality/mmlu_*_base.json
+    python scripts/eval_tables.py --plot-surrogates PNG --timings TIMINGS.json REPORTS...  # seconds measured apart
     python scripts/eval_tables.py --merge ALL.json FIRST.json REST.json   # one report of their items
     python scripts/eval_tables.py --fill docs/EVALUATION.md   # regenerate every marked table in place
 
@@ -159,15 +160,16 @@ def plot(reports: list[dict], out: Path, metrics: tuple[str, ...] = ("auroc", "l
         if metric == "auroc":
             ax.axhline(0.5, color="grey", lw=0.5, ls="--")
         ax.legend(fontsize=8)
-    n = "/".join(map(str, sorted({r["items"] for r in reports})))
+    n = "/".join(map(str, sorted({len({rec["id"] for rec in r["records"]}) for r in reports})))
     fig.suptitle(f"{reports[0]['task']}, {n} items: agreement with gold (AUROC) and faithfulness (LDS) vs budget")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
 
 
-def plot_surrogates(reports: list[dict], out: Path) -> None:
+def plot_surrogates(reports: list[dict], out: Path, timings: dict | None = None) -> None:
     """AUROC (mean and interval) of each method against the surrogate's size and against seconds per
-    explanation (the default method's mean; LOO and ContextCite style share its cost order)."""
+    explanation of the report's task: from `timings` (`benchmarks/surrogates.py --json`: one machine, fresh
+    cache) when given, else the reports' own mean for the default method (which mixes machines and caches)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,9 +178,14 @@ def plot_surrogates(reports: list[dict], out: Path) -> None:
     from ropelime import catalogue
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    measured = {t["surrogate"]: t[reports[0]["task"]]["seconds_mean"] for t in (timings or {}).get("results", [])}
+
+    def seconds(report: dict) -> float:
+        return measured[report["surrogate"]] if timings else report["summary"]["ropelime"]["seconds"]["mean"]
+
     methods = sorted({m for r in reports for m in r["summary"]})
     for method in methods:
-        points = sorted((catalogue.CATALOGUE[r["surrogate"]].parameters_b, r["summary"]["ropelime"]["seconds"]["mean"],
+        points = sorted((catalogue.CATALOGUE[r["surrogate"]].parameters_b, seconds(r),
                          r["summary"][method]["auroc"]) for r in reports if method in r["summary"])
         for ax, x in zip(axes, ([p[0] for p in points], [p[1] for p in points])):
             mean = [p[2]["mean"] for p in points]
@@ -186,12 +193,12 @@ def plot_surrogates(reports: list[dict], out: Path) -> None:
                                        [p[2]["high"] - m for m, p in zip(mean, points)]],
                         marker="o", capsize=3, label=method)
     axes[0].set_xlabel("surrogate parameters (billions)")
-    axes[1].set_xlabel("seconds per explanation (default method, budget 64)")
+    axes[1].set_xlabel("seconds per explanation (default method, budget 64" + (", fresh cache)" if timings else ")"))
     for ax in axes:
         ax.set_ylabel("AUROC against gold")
         ax.axhline(0.5, color="grey", lw=0.5, ls="--")
         ax.legend(fontsize=8)
-    n = "/".join(map(str, sorted({r["items"] for r in reports})))
+    n = "/".join(map(str, sorted({len({rec["id"] for rec in r["records"]}) for r in reports})))
     fig.suptitle(f"{reports[0]['task']}, {n} items: agreement with gold by surrogate")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -250,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", metavar="PNG", help="plot AUROC and LDS against budget from these reports")
     parser.add_argument("--plot-surrogates", metavar="PNG",
                         help="plot AUROC against surrogate size and seconds, one report per surrogate")
+    parser.add_argument("--timings", metavar="JSON", help="--plot-surrogates: seconds per explanation from "
+                        "`benchmarks/surrogates.py --json` instead of the reports' own")
     parser.add_argument("--compact", action="store_true", help="one table, one row per report and method")
     parser.add_argument("--base", metavar="REPORT", help="--compact: add paired differences against this report")
     parser.add_argument("--merge", metavar="OUT", help="join these reports' items into one report (same settings)")
@@ -268,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.plot}")
         return
     if args.plot_surrogates:
-        plot_surrogates(reports, Path(args.plot_surrogates))
+        timings = json.loads(Path(args.timings).read_text(encoding="utf-8")) if args.timings else None
+        plot_surrogates(reports, Path(args.plot_surrogates), timings)
         print(f"wrote {args.plot_surrogates}")
         return
     if args.compact:
