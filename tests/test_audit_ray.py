@@ -49,7 +49,8 @@ def test_a_killed_worker_loses_and_duplicates_nothing(tiny_model_dir, tmp_path, 
     out = records(tmp_path / "ray.jsonl")
     ids = [r["request_id"] for r in out]
     assert sorted(ids) == sorted(expected) and len(ids) == len(set(ids))  # 0 lost, 0 duplicated
-    assert not any("error" in r for r in out)
+    errors = [r["error"] for r in out if "error" in r]
+    assert not errors, errors
     for record in out:
         assert_same_result(without_cost(record), expected[record["request_id"]])  # same scores, intervals, ranks
     assert (tmp_path / "ray-cache" / "scores.sqlite").exists()
