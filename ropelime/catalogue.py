@@ -34,6 +34,12 @@ PromptFormat = Literal["chat", "plain"]
 
 AUTO = "auto"
 """The surrogate name that lets `choose_auto` pick the largest present surrogate that fits the time budget."""
+DEFAULT_SURROGATE = AUTO
+"""The surrogate used when none is named: auto, so the embedded Gemma 3 270M on a default install, and a
+larger installed one where this hardware runs it within the call's time budget (larger surrogates agree
+better with the evidence: docs/EVALUATION.md, section 8.10)."""
+UNBUDGETED_PLAN_S = 60.0
+"""Seconds `auto` plans for when a call has no time budget: an interactive wait (MCP hosts cancel at ~60 s)."""
 
 
 
@@ -203,15 +209,16 @@ def choose_auto(*, prompt_tokens: int, masks: int, time_budget_s: float | None, 
     """The largest installed surrogate whose estimated scoring time fits the time budget, and why.
 
     The estimate is masks × prompt tokens ÷ the surrogate's CPU speed: measured on this machine when
-    it has scored here before (`ropelime.speeds`), else the reference machine's. On a GPU, or without
-    a time budget, the largest installed surrogate is taken.
+    it has scored here before (`ropelime.speeds`), else the reference machine's. Without a time budget
+    it plans for `UNBUDGETED_PLAN_S`; on a GPU the largest installed surrogate is taken.
     """
     installed = sorted((e for e in CATALOGUE.values() if e.is_installed()), key=lambda e: -e.parameters_b)
     embedded = CATALOGUE[EMBEDDED]
-    if gpu or time_budget_s is None:
+    if gpu:
         pick = installed[0] if installed else embedded
-        why = "a GPU is present" if gpu else "no time budget"
-        return pick, f"auto: {pick.name}, the largest installed surrogate ({why})"
+        return pick, f"auto: {pick.name}, the largest installed surrogate (a GPU is present)"
+    budget = "budget" if time_budget_s else "planned wait (no time budget given)"
+    time_budget_s = time_budget_s or UNBUDGETED_PLAN_S
     for candidate in installed:
         here = speeds.measured(candidate.name)
         rate = here or candidate.cpu_tokens_per_s
@@ -222,6 +229,6 @@ def choose_auto(*, prompt_tokens: int, masks: int, time_budget_s: float | None, 
             where = "measured on this machine" if here else "on the reference machine's 2 CPU cores"
             return candidate, (f"auto: {candidate.name}, the largest installed surrogate whose estimated "
                                f"{seconds:.0f} s ({masks} prompts × {prompt_tokens} tokens at "
-                               f"{rate:,.0f} tokens/s, {where}) fits the {time_budget_s:g} s budget")
+                               f"{rate:,.0f} tokens/s, {where}) fits the {time_budget_s:g} s {budget}")
     return embedded, (f"auto: {embedded.name}, the smallest surrogate: no installed one is estimated to "
-                      f"finish {masks} prompts × {prompt_tokens} tokens in {time_budget_s:g} s")
+                      f"finish {masks} prompts × {prompt_tokens} tokens in the {time_budget_s:g} s {budget}")

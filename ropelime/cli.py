@@ -20,12 +20,16 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ropelime import options
-from ropelime.catalogue import AUTO
+from ropelime import settings
+from ropelime.catalogue import AUTO, DEFAULT_SURROGATE, EMBEDDED
 from ropelime.errors import InputError, RopeLimeError
 
 DEMO = files("ropelime.examples")
-SURROGATE_HELP = ("a catalogued name (ropelime models; default gemma3-270m), 'auto' (the largest installed one that "
-                  "fits the time budget), a model directory, a .gguf file or a hub id (owner/name, downloads)")
+SURROGATE_HELP = ("a catalogued name (ropelime models), 'auto' (the largest installed one that fits the time budget, "
+                  "60 s when none is given; the default), a model directory, a .gguf file or a hub id (owner/name, "
+                  "downloads)")
+EVAL_SURROGATE_HELP = ("a catalogued name (ropelime models; default the embedded gemma3-270m, so that reports compare), "
+                       "a model directory, a .gguf file or a hub id (owner/name, downloads)")
 
 
 def _read(path: str) -> str:
@@ -138,8 +142,9 @@ def run_explain(args) -> int:
     if args.device:
         os.environ["ROPELIME_DEVICE"] = args.device  # --device overrides $ROPELIME_DEVICE for this run
     with err.status("loading the surrogate (the first run prepares the embedded model: about a minute)"):
-        # 'auto' is chosen inside explain, for this prompt's size and time budget
-        surrogate = args.surrogate if args.surrogate == AUTO else load_surrogate(args.surrogate, args.device)
+        # 'auto' (the default) is chosen inside explain, for this prompt's size and time budget
+        name = args.surrogate or settings.surrogate() or DEFAULT_SURROGATE
+        surrogate = name if name == AUTO else load_surrogate(name, args.device)
     with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as bar:
         task = bar.add_task("scoring", total=None)
@@ -216,7 +221,7 @@ def _eval_parser(sub) -> None:
     m.add_argument("--budget", default=str(options.field("budget").default),
                    help="perturbed prompts per explanation, or 'd' (= number of features) (default: %(default)s)")
     options.add_options(m, options.METHOD)
-    m.add_argument("--surrogate", help=SURROGATE_HELP)
+    m.add_argument("--surrogate", help=EVAL_SURROGATE_HELP)
     m.add_argument("--device", help="cpu, cuda, …")
     c = p.add_argument_group("closed model (default: the gold answer is the fixed output)")
     c.add_argument("--model", help="litellm model string giving the fixed outputs (and gSMILE's)")
@@ -276,7 +281,7 @@ def run_eval(args, argv: list[str]) -> int:
     _quiet_libraries(args)
     err = Console(stderr=True)
     with err.status("loading the surrogate"):
-        surrogate = load_surrogate(args.surrogate, args.device)
+        surrogate = load_surrogate(args.surrogate or settings.surrogate() or EMBEDDED, args.device)
     with contextlib.ExitStack() as stack:
         closed = None
         if args.closed_local:
@@ -418,7 +423,8 @@ def run_models(args) -> int:
         with console.status(f"preparing {item.name} (joining and de-quantising once, about a minute)"):
             path = catalogue.prepare(item)
         console.print(f"ready: {item.name} at {path}")
-    table = Table(title="surrogates (--surrogate NAME, or auto: the largest installed one that fits the time budget)")
+    table = Table(title="surrogates (--surrogate NAME; default auto: the largest installed one that fits the time "
+                        "budget, 60 s when none is given)")
     table.add_column("name", no_wrap=True)
     for column in ("params", "licence", "status", "tokens/s"):
         table.add_column(column)
@@ -434,7 +440,7 @@ def run_models(args) -> int:
         here = speeds.measured(item.name)
         speed = (f"{here:,.0f} here" if here else
                  f"{item.cpu_tokens_per_s:,.0f} ref." if item.cpu_tokens_per_s else "-")
-        name = item.name + (" (default)" if item.name == catalogue.EMBEDDED else "")
+        name = item.name + (" (embedded)" if item.name == catalogue.EMBEDDED else "")
         table.add_row(name, f"{item.parameters_b:g}B", item.licence, status, speed)
     console.print(table)
     console.print("tokens/s: measured on this machine (here) once a surrogate has scored on it, else on the "

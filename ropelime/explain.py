@@ -43,12 +43,12 @@ CHARS_PER_TOKEN = 4
 
 
 def load_surrogate(name: str | None = None, device: str | None = None, dtype: str | None = None) -> Surrogate:
-    """Load a surrogate once per process and setting (the embedded default when name is None);
-    unset arguments follow $ROPELIME_SURROGATE, $ROPELIME_DEVICE and $ROPELIME_DTYPE as they are now.
+    """Load a surrogate once per process and setting; unset arguments follow $ROPELIME_SURROGATE,
+    $ROPELIME_DEVICE and $ROPELIME_DTYPE as they are now, then the defaults (`catalogue.DEFAULT_SURROGATE`).
 
     'auto' outside a call (e.g. a server's start) picks for a HotpotQA-size call: 65 prompts of 1,300
     tokens within 40 s."""
-    name = name or settings.surrogate()
+    name = name or settings.surrogate() or catalogue.DEFAULT_SURROGATE
     device = device or settings.device()
     if name == catalogue.AUTO:
         pick, why = catalogue.choose_auto(prompt_tokens=1300, masks=65, time_budget_s=40.0, gpu=_has_gpu(device))
@@ -70,9 +70,9 @@ def _load_surrogate(name: str | None, device: str | None, dtype: str | None) -> 
 
 def resolve_surrogate(name: str | None, prompt: str, response: str, config: ExplainConfig,
                       features: int) -> tuple[Surrogate, str | None]:
-    """Load the named surrogate; for 'auto' (also via $ROPELIME_SURROGATE) pick one from the catalogue for this
-    call's size and time budget, and say why."""
-    name = name or settings.surrogate()
+    """Load the named surrogate (unset: $ROPELIME_SURROGATE, else the default); for 'auto' pick one from the
+    catalogue for this call's size and time budget, and say why."""
+    name = name or settings.surrogate() or catalogue.DEFAULT_SURROGATE
     if name != catalogue.AUTO:
         return load_surrogate(name), None
     masks = 1 + (config.budget if SAMPLERS[config.sampler].uses_budget else features)

@@ -48,7 +48,7 @@ class Surrogate:
         if self.rotary is None:
             raise SurrogateError(
                 f"{name} has no rotary position embeddings; RoPE-LIME needs a RoPE model "
-                f"(e.g. Gemma, Llama, Qwen, SmolLM2). Use the embedded default or another RoPE model."
+                f"(e.g. Gemma, Llama, Qwen, SmolLM2). Use the embedded gemma3-270m or another RoPE model."
             )
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
         self.default_prompt_format: PromptFormat = prompt_format or ("chat" if self.has_chat_template else "plain")

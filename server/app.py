@@ -21,7 +21,7 @@ from ropelime.compare import compare_samplers as compare_grid
 from ropelime.errors import InputError
 from ropelime.options import choices, with_method_parameters
 from ropelime.render import to_html
-from ropelime.catalogue import EMBEDDED
+from ropelime.catalogue import DEFAULT_SURROGATE
 from ropelime.schema import ExplainConfig, Explanation, Sampler
 from ropelime.verify import check_request
 from ropelime_server.engine import (EngineOptions, engine_of, lifespan_for, run_job, tool_errors,
@@ -83,7 +83,7 @@ def options_document(options: EngineOptions) -> dict:
     """The available choices and defaults, for the options resource."""
     defaults = ExplainConfig()
     return {
-        "surrogate": options.surrogate or EMBEDDED,
+        "surrogate": options.surrogate or DEFAULT_SURROGATE,
         "default_closed_model": options.default_model,
         "granularity": list(get_args(ToolGranularity)),
         **{name: choices(name) for name in ("sampler", "target", "kernel", "perturb", "solver")},

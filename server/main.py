@@ -21,8 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                         help="a further Host header name accepted over HTTP (repeatable; DNS-rebinding protection)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; the path is /mcp)")
-    parser.add_argument("--surrogate", help="surrogate: gemma3-270m (default), a model directory, a .gguf file or "
-                                            "a hub id (default: $ROPELIME_SURROGATE)")
+    parser.add_argument("--surrogate", help="surrogate: a catalogued name (ropelime models), 'auto' (the largest "
+                                            "installed one that scores a HotpotQA-size call within 40 s here), a "
+                                            "model directory, a .gguf file or a hub id (default: $ROPELIME_SURROGATE, "
+                                            "else auto)")
     parser.add_argument("--device", help="cpu, cuda, … (default: $ROPELIME_DEVICE, else cuda when available)")
     parser.add_argument("--api-base", help="base URL of an OpenAI-compatible closed model (default: $ROPELIME_API_BASE)")
     parser.add_argument("--model", help="closed model asked when a call gives neither response nor model "

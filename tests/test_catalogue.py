@@ -171,3 +171,31 @@ def test_auto_plans_with_the_speed_measured_on_this_machine(monkeypatch, tiny_su
     result = explain(prompt, "Topic three.", surrogate=tiny_surrogate, granularity="sentence", budget=8)
     assert result.cost.tokens_scored >= speeds.MIN_TOKENS
     assert speeds.measured(tiny_surrogate.name) > 0
+
+
+def test_the_default_surrogate_is_auto_and_plans_for_a_minute_without_a_budget(monkeypatch):
+    import importlib
+
+    from ropelime.schema import ExplainConfig
+
+    explaining = importlib.import_module("ropelime.explain")  # the module (the package exports the function)
+
+    fast = Entry("small", "Small", 0.2, "embedded", "MIT", "test", cpu_tokens_per_s=2000.0)
+    slow = Entry("large", "Large", 1.5, "embedded", "MIT", "test", cpu_tokens_per_s=200.0)
+    monkeypatch.setattr(catalogue, "CATALOGUE", {"gemma3-270m": fast, "large": slow})
+    monkeypatch.setattr(catalogue, "EMBEDDED", "gemma3-270m")
+    monkeypatch.delenv("ROPELIME_SURROGATE", raising=False)
+    monkeypatch.setattr(explaining, "load_surrogate", lambda name, *args, **kwargs: name)  # no model is loaded
+    unbudgeted = ExplainConfig(budget=64)
+
+    def pick(prompt_chars: int, config: ExplainConfig = unbudgeted):
+        return explaining.resolve_surrogate(None, "x" * prompt_chars, "y", config, features=10)
+
+    name, why = pick(400)  # 65 prompts × 101 tokens: 33 s for the large one, within the minute planned
+    assert name == "large" and "fits the 60 s planned wait (no time budget given)" in why
+    assert pick(4000)[0] == "small"  # 325 s for the large one
+    assert pick(400, ExplainConfig(budget=64, time_budget_s=20))[0] == "small"  # the call's own budget rules
+    name, why = catalogue.choose_auto(prompt_tokens=100_000, masks=65, time_budget_s=None, gpu=True)
+    assert name is slow and "GPU" in why
+    monkeypatch.setenv("ROPELIME_SURROGATE", "large")
+    assert pick(4000) == ("large", None)  # a named surrogate is taken as named
