@@ -193,7 +193,8 @@ def plot_surrogates(reports: list[dict], out: Path, timings: dict | None = None)
                                        [p[2]["high"] - m for m, p in zip(mean, points)]],
                         marker="o", capsize=3, label=method)
     axes[0].set_xlabel("surrogate parameters (billions)")
-    axes[1].set_xlabel("seconds per explanation (default method, budget 64" + (", fresh cache)" if timings else ")"))
+    axes[1].set_xlabel("seconds per explanation (default method, budget 64" + (", timed apart)" if timings else ")"),
+                       fontsize=9)
     for ax in axes:
         ax.set_ylabel("AUROC against gold")
         ax.axhline(0.5, color="grey", lw=0.5, ls="--")
