@@ -2,7 +2,9 @@
 
 Keyed by (surrogate, dtype, unperturbed prompt tokens, response tokens) and the perturbed prompt's
 tokens, so any mask that yields an already-scored sequence costs nothing, across explanations and
-processes. SQLite gives atomic, crash-safe writes; an unreadable entry counts as a miss.
+processes. SQLite gives atomic, crash-safe writes; an unreadable entry counts as a miss, and so does
+an entry that cannot be read or written while another process keeps the file locked (the scores
+are then recomputed when needed: the cache saves work, it never fails an explanation).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import io
 import logging
 import sqlite3
 import threading
+import time
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,20 @@ import numpy as np
 from ropelime.schema import TokenScores
 
 log = logging.getLogger(__name__)
+
+LOCK_RETRIES = 5
+"""Further attempts, after pauses of 0.1, 0.2, … 1.6 s, when SQLite reports the file locked: in WAL mode it
+does so at once, without its own wait, e.g. while another process recovers after one was killed mid-write."""
+
+
+def _retrying_locks(operation: Callable[[], object]) -> object:
+    for attempt in range(LOCK_RETRIES + 1):
+        try:
+            return operation()
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == LOCK_RETRIES:
+                raise
+            time.sleep(0.1 * 2 ** attempt)
 
 
 def digest(*parts: object) -> str:
@@ -55,39 +72,56 @@ class ScoreCache:
         self.path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, timeout=30)
-        with self._lock, self._db:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS scores (context TEXT, sequence TEXT, value BLOB, "
-                "PRIMARY KEY (context, sequence))"
-            )
+
+        def create() -> None:
+            with self._lock, self._db:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS scores (context TEXT, sequence TEXT, value BLOB, "
+                    "PRIMARY KEY (context, sequence))"
+                )
+
+        _retrying_locks(create)
 
     def get_many(self, context: str, sequences: Iterable[str]) -> dict[str, TokenScores]:
         """The cached scores among `sequences` (digests of token sequences)."""
         wanted = list(sequences)
         found: dict[str, TokenScores] = {}
-        with self._lock:
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    f"SELECT sequence, value FROM scores WHERE context = ? AND sequence IN ({marks})",
-                    [context, *chunk],
-                ).fetchall()
-                for sequence, blob in rows:
-                    try:
-                        found[sequence] = _unpack(blob)
-                    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as error:
-                        log.warning("ignoring an unreadable cached score (%s); it will be recomputed", error)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+
+            def select() -> list:
+                with self._lock:
+                    return self._db.execute(
+                        f"SELECT sequence, value FROM scores WHERE context = ? AND sequence IN ({marks})",
+                        [context, *chunk],
+                    ).fetchall()
+
+            try:
+                rows = _retrying_locks(select)
+            except sqlite3.OperationalError as error:
+                log.warning("could not read cached scores (%s); they will be computed", error)
+                continue
+            for sequence, blob in rows:
+                try:
+                    found[sequence] = _unpack(blob)
+                except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as error:
+                    log.warning("ignoring an unreadable cached score (%s); it will be recomputed", error)
         return found
 
     def put_many(self, context: str, items: dict[str, TokenScores]) -> None:
-        """Store scores; one transaction, so a crash stores all or none."""
-        with self._lock, self._db:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?)",
-                [(context, sequence, _pack(scores)) for sequence, scores in items.items()],
-            )
+        """Store scores; one transaction, so a crash stores all or none (and a file kept locked, none)."""
+        rows = [(context, sequence, _pack(scores)) for sequence, scores in items.items()]
+
+        def insert() -> None:
+            with self._lock, self._db:
+                self._db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", rows)
+
+        try:
+            _retrying_locks(insert)
+        except sqlite3.OperationalError as error:
+            log.warning("could not store %d scores (%s); they will be recomputed when needed", len(rows), error)
 
     def close(self) -> None:
         with self._lock:

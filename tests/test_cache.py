@@ -69,3 +69,29 @@ def test_corrupt_entries_are_recomputed(tiny_surrogate, tmp_path, caplog):
     third = ropelime.explain(PROMPT, RESPONSE, surrogate=tiny_surrogate, cache=cache, budget=6)
     assert third.cost.cached_samples == first.diagnostics.samples and third.cost.surrogate_forward_passes == 0
     cache.close()
+
+
+def test_a_file_locked_by_another_writer_delays_or_skips_storing_never_fails(tmp_path, caplog, monkeypatch):
+    """SQLite in WAL mode can report a file locked at once; writes are retried, then given up with a warning."""
+    import threading
+
+    from ropelime import cache as caching
+
+    path = tmp_path / "scores.sqlite"
+    store = ScoreCache(path)
+    store._db.execute("PRAGMA busy_timeout = 0")  # report the lock at once, as SQLite does in the cases retried
+    scores = TokenScores(np.array([-0.5, -1.0]), None, None)
+    other = sqlite3.connect(path, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process is writing
+    threading.Timer(0.25, other.commit).start()
+    store.put_many("ctx", {"a": scores})  # retried until the other writer has finished
+    assert "a" in store.get_many("ctx", ["a"])
+
+    monkeypatch.setattr(caching, "LOCK_RETRIES", 1)
+    other.execute("BEGIN IMMEDIATE")  # now it keeps the lock
+    store.put_many("ctx", {"b": scores})
+    assert "could not store 1 scores" in caplog.text and "locked" in caplog.text
+    assert set(store.get_many("ctx", ["a", "b"])) == {"a"}  # readers are not blocked in WAL mode
+    other.rollback()
+    store.put_many("ctx", {"b": scores})
+    assert set(store.get_many("ctx", ["a", "b"])) == {"a", "b"}
