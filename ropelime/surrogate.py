@@ -33,6 +33,10 @@ LOGIT_BUDGET = 1 << 26
 SCORE_CHUNK = 1 << 24
 """Logits turned into scores at once: bounds the temporaries of the divergences."""
 
+BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}
+"""New tokens per forward pass by device type (others: the CPU's). On a CPU, larger batches stop paying
+beyond a few thousand tokens; a GPU needs more rows in flight to fill its cores (not measured here: no GPU)."""
+
 class Surrogate:
     """A loaded causal LM with rotary position embeddings, ready to score responses."""
 
@@ -161,14 +165,16 @@ class Surrogate:
         response: list[int],
         *,
         reference: torch.Tensor | None = None,
-        max_batch_tokens: int = 8192,
+        max_batch_tokens: int | None = None,
     ) -> Iterator[tuple[list[int], list[TokenScores]]]:
         """Score the response after each prefix; yields (row indices, scores) batch by batch.
 
         Identical prefixes are scored once. Rows are grouped by the number of tokens they must
         compute (after the reusable cached prefix) so padding stays small, with at most
-        `max_batch_tokens` new tokens per batch; the caller may stop between batches.
+        `max_batch_tokens` new tokens per batch (default: `BATCH_TOKENS` for the device); the caller may
+        stop between batches.
         """
+        max_batch_tokens = max_batch_tokens or BATCH_TOKENS.get(self.device.type, BATCH_TOKENS["cpu"])
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, prefix in enumerate(prefixes):
             groups.setdefault(tuple(prefix), []).append(i)

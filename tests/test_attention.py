@@ -53,3 +53,19 @@ def test_only_sdpa_models_are_switched(tiny_gemma_model):
         assert tiny_gemma_model.config._attn_implementation == "eager"
     finally:
         tiny_gemma_model.set_attn_implementation("sdpa")
+
+
+def test_key_spans_cover_each_query_blocks_window_and_are_found_once_per_mask():
+    """A left-padded sliding-window mask: each block's span runs from its first query's window start (or the
+    row's first real token) to its last query; a fully padded block opens nothing; the second layer reuses them."""
+    queries, window, pad = 40, 8, 13
+    position = torch.arange(queries)
+    causal = (position[None, :] <= position[:, None]) & (position[None, :] > position[:, None] - window)
+    mask = torch.stack([causal, causal & (position[None, :] >= pad) & (position[:, None] >= pad)])[:, None]
+    expected = [(0, 10), (3, 20), (13, 30), (23, 40)]  # the unpadded row opens these; the padded one within them
+    spans = attention.key_spans(mask, queries, queries, 10)
+    assert spans == expected
+    padded_only = mask[1:]
+    assert attention.key_spans(padded_only, queries, queries, 10)[0] == (0, queries)  # nothing opened: all keys
+    assert attention.key_spans(padded_only, queries, queries, 10)[1] == (13, 20)
+    assert attention.key_spans(mask, queries, queries, 10) is spans

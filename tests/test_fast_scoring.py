@@ -180,3 +180,22 @@ def test_mixed_precision_orders_masks_like_float32_on_the_embedded_model(embedde
     close = np.array([-row.logp.mean() for row in engine_scores(mixed, encoded, prefixes, response, 8192)])
     assert 0 < np.abs(close - exact).max() < 0.1
     assert spearmanr(exact, close).statistic > 0.9
+
+
+def test_batches_follow_the_devices_token_budget_and_a_gpu_sized_batch_scores_the_same(tiny_gemma, monkeypatch):
+    """Without max_batch_tokens the device's BATCH_TOKENS bounds each batch; the GPU's larger batches (run here
+    on the CPU) give the same scores as many small ones."""
+    from ropelime import surrogate as surrogate_module
+
+    encoded, _, prefixes = perturbed_prompts(tiny_gemma, 24)
+    response = tiny_gemma.encode_response("Paris is")
+    runs = {}
+    for label, tokens in (("small", 64), ("gpu", surrogate_module.BATCH_TOKENS["cuda"])):
+        monkeypatch.setitem(surrogate_module.BATCH_TOKENS, "cpu", tokens)
+        tiny_gemma.reference(encoded.ids, response)
+        batches = list(tiny_gemma.iter_scores(prefixes[1:], response))
+        runs[label] = {i: s.logp for rows, scores in batches for i, s in zip(rows, scores)}
+        runs[label + " batches"] = len(batches)
+    assert runs["gpu batches"] == 1 < runs["small batches"]
+    for i in runs["small"]:
+        np.testing.assert_allclose(runs["gpu"][i], runs["small"][i], atol=1e-5)
