@@ -206,20 +206,26 @@ def load_gguf(path: Path):
 
 
 def choose_auto(*, prompt_tokens: int, masks: int, time_budget_s: float | None, gpu: bool) -> tuple[Entry, str]:
-    """The largest installed surrogate whose estimated scoring time fits the time budget, and why.
+    """The largest prepared surrogate whose estimated scoring time fits the time budget, and why.
 
     The estimate is masks × prompt tokens ÷ the surrogate's CPU speed: measured on this machine when
     it has scored here before (`ropelime.speeds`), else the reference machine's. Without a time budget
-    it plans for `UNBUDGETED_PLAN_S`; on a GPU the largest installed surrogate is taken.
+    it plans for `UNBUDGETED_PLAN_S`; on a GPU the largest prepared surrogate is taken. An installed but
+    unprepared one is left out (preparing it takes minutes, inside the call) and the reason says how to
+    prepare it; the embedded one is the fallback either way.
     """
     installed = sorted((e for e in CATALOGUE.values() if e.is_installed()), key=lambda e: -e.parameters_b)
+    prepared = [e for e in installed if e.is_prepared()]
     embedded = CATALOGUE[EMBEDDED]
+    unprepared = [e.name for e in installed if not e.is_prepared() and e is not embedded]
+    note = (f"; installed but not prepared, so not considered: {', '.join(unprepared)} (preparing takes 1–3 "
+            f"minutes: run 'ropelime models --prepare NAME' once)") if unprepared else ""
     if gpu:
-        pick = installed[0] if installed else embedded
-        return pick, f"auto: {pick.name}, the largest installed surrogate (a GPU is present)"
+        pick = prepared[0] if prepared else embedded
+        return pick, f"auto: {pick.name}, the largest prepared surrogate (a GPU is present){note}"
     budget = "budget" if time_budget_s else "planned wait (no time budget given)"
     time_budget_s = time_budget_s or UNBUDGETED_PLAN_S
-    for candidate in installed:
+    for candidate in prepared:
         here = speeds.measured(candidate.name)
         rate = here or candidate.cpu_tokens_per_s
         if rate is None:
@@ -227,8 +233,8 @@ def choose_auto(*, prompt_tokens: int, masks: int, time_budget_s: float | None, 
         seconds = masks * prompt_tokens / rate
         if seconds <= time_budget_s:
             where = "measured on this machine" if here else "on the reference machine's 2 CPU cores"
-            return candidate, (f"auto: {candidate.name}, the largest installed surrogate whose estimated "
+            return candidate, (f"auto: {candidate.name}, the largest prepared surrogate whose estimated "
                                f"{seconds:.0f} s ({masks} prompts × {prompt_tokens} tokens at "
-                               f"{rate:,.0f} tokens/s, {where}) fits the {time_budget_s:g} s {budget}")
-    return embedded, (f"auto: {embedded.name}, the smallest surrogate: no installed one is estimated to "
-                      f"finish {masks} prompts × {prompt_tokens} tokens in the {time_budget_s:g} s {budget}")
+                               f"{rate:,.0f} tokens/s, {where}) fits the {time_budget_s:g} s {budget}{note}")
+    return embedded, (f"auto: {embedded.name}, the smallest surrogate: no prepared one is estimated to "
+                      f"finish {masks} prompts × {prompt_tokens} tokens in the {time_budget_s:g} s {budget}{note}")

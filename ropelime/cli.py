@@ -25,7 +25,7 @@ from ropelime.catalogue import AUTO, DEFAULT_SURROGATE, EMBEDDED
 from ropelime.errors import InputError, RopeLimeError
 
 DEMO = files("ropelime.examples")
-SURROGATE_HELP = ("a catalogued name (ropelime models), 'auto' (the largest installed one that fits the time budget, "
+SURROGATE_HELP = ("a catalogued name (ropelime models), 'auto' (the largest prepared one that fits the time budget, "
                   "60 s when none is given; the default), a model directory, a .gguf file or a hub id (owner/name, "
                   "downloads)")
 EVAL_SURROGATE_HELP = ("a catalogued name (ropelime models; default the embedded gemma3-270m, so that reports compare), "
@@ -423,7 +423,7 @@ def run_models(args) -> int:
         with console.status(f"preparing {item.name} (joining and de-quantising once, about a minute)"):
             path = catalogue.prepare(item)
         console.print(f"ready: {item.name} at {path}")
-    table = Table(title="surrogates (--surrogate NAME; default auto: the largest installed one that fits the time "
+    table = Table(title="surrogates (--surrogate NAME; default auto: the largest prepared one that fits the time "
                         "budget, 60 s when none is given)")
     table.add_column("name", no_wrap=True)
     for column in ("params", "licence", "status", "tokens/s"):

@@ -81,7 +81,13 @@ def test_hub_name_offline_is_refused_with_what_to_do(tmp_path):
     assert "REFUSED:" in out and "Qwen/Qwen2.5-0.5B-Instruct" in out and "connect to the internet" in out
 
 
+def prepared(monkeypatch, names: set[str] | None = None) -> None:
+    """Count the catalogue's entries (or only `names`) as prepared, without preparing anything."""
+    monkeypatch.setattr(Entry, "is_prepared", lambda self, cache=None: names is None or self.name in names)
+
+
 def test_auto_picks_the_largest_that_fits(monkeypatch):
+    prepared(monkeypatch)
     fast = Entry("small", "Small", 0.2, "embedded", "MIT", "test", cpu_tokens_per_s=2000.0)
     slow = Entry("large", "Large", 1.5, "embedded", "MIT", "test", cpu_tokens_per_s=200.0)
     hub = Entry("hubbed", "Hub", 7.0, "hub", "MIT", "test", hub_id="o/n")
@@ -92,9 +98,26 @@ def test_auto_picks_the_largest_that_fits(monkeypatch):
     pick, _ = catalogue.choose_auto(prompt_tokens=1000, masks=65, time_budget_s=40, gpu=False)
     assert pick is fast  # the large one would need 325 s
     pick, why = catalogue.choose_auto(prompt_tokens=10_000, masks=65, time_budget_s=40, gpu=False)
-    assert pick is fast and "no installed one" in why
+    assert pick is fast and "no prepared one" in why
     pick, why = catalogue.choose_auto(prompt_tokens=10_000, masks=65, time_budget_s=40, gpu=True)
     assert pick is slow and "GPU" in why  # a hub model is never installed
+
+
+def test_auto_leaves_out_an_installed_surrogate_that_is_not_prepared(monkeypatch):
+    """Preparing takes minutes inside the call, beyond any budget: auto skips it and says how to prepare it."""
+    fast = Entry("small", "Small", 0.2, "embedded", "MIT", "test", cpu_tokens_per_s=2000.0)
+    slow = Entry("large", "Large", 1.5, "embedded", "MIT", "test", cpu_tokens_per_s=200.0)
+    monkeypatch.setattr(catalogue, "CATALOGUE", {"gemma3-270m": fast, "large": slow})
+    monkeypatch.setattr(catalogue, "EMBEDDED", "gemma3-270m")
+    prepared(monkeypatch, {"gemma3-270m"})
+    assert slow.is_installed() and not slow.is_prepared()
+    for gpu in (False, True):
+        pick, why = catalogue.choose_auto(prompt_tokens=100, masks=65, time_budget_s=40, gpu=gpu)
+        assert pick is fast and "not prepared, so not considered: large" in why
+        assert "ropelime models --prepare NAME" in why
+    prepared(monkeypatch)
+    pick, why = catalogue.choose_auto(prompt_tokens=100, masks=65, time_budget_s=40, gpu=False)
+    assert pick is slow and "not prepared" not in why
 
 
 CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
@@ -151,7 +174,10 @@ def test_models_lists_the_catalogue_and_refuses_unknown_names(capsys):
 
 def test_auto_plans_with_the_speed_measured_on_this_machine(monkeypatch, tiny_surrogate):
     from ropelime import speeds
+
     from ropelime.explain import explain
+
+    prepared(monkeypatch)
 
     fast = Entry("small", "Small", 0.2, "embedded", "MIT", "test", cpu_tokens_per_s=2000.0)
     slow = Entry("large", "Large", 1.5, "embedded", "MIT", "test", cpu_tokens_per_s=200.0)
@@ -179,6 +205,7 @@ def test_the_default_surrogate_is_auto_and_plans_for_a_minute_without_a_budget(m
     from ropelime.schema import ExplainConfig
 
     explaining = importlib.import_module("ropelime.explain")  # the module (the package exports the function)
+    prepared(monkeypatch)
 
     fast = Entry("small", "Small", 0.2, "embedded", "MIT", "test", cpu_tokens_per_s=2000.0)
     slow = Entry("large", "Large", 1.5, "embedded", "MIT", "test", cpu_tokens_per_s=200.0)
