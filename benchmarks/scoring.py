@@ -17,7 +17,9 @@ model weights included) is its own:
   reuse (on the first `--plain-prompts` prompts: its throughput does not depend on the mask);
 - engine variants on all prompts: output-only logits, length-bucketed batches and duplicates once
   (`no reuse`), plus the unperturbed prompt's KV cache reused (`reuse`), in fp32, mixed (bf16
-  matrix products under autocast, fp32 weights and residual stream) and bf16;
+  matrix products under autocast, fp32 weights and residual stream) and bf16, each scoring the response's
+  log-probabilities only (what the default NLL target reads), and once also computing the KL and JS
+  divergences over the whole vocabulary (`+ KL/JS`, what a KL or JS target needs);
 - explain: `ropelime.explain` end to end with default settings and a fresh score cache; for
   HotpotQA also with a 40 s time budget, then a second call that resumes from the cache
   (`--explain-dtypes` lists the precisions: float32 and mixed by default).
@@ -33,6 +35,7 @@ hold `ropelime.surrogate.BATCH_TOKENS["cuda"]` new tokens.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -46,8 +49,11 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINE_RUNS = {"engine fp32 no reuse": ("float32", False), "engine fp32 reuse": ("float32", True),
-               "engine mixed reuse": ("mixed", True), "engine bf16 reuse": ("bfloat16", True)}
+ENGINE_RUNS = {"engine fp32 no reuse": ("float32", False, False), "engine fp32 reuse": ("float32", True, False),
+               "engine mixed reuse": ("mixed", True, False), "engine mixed reuse + KL/JS": ("mixed", True, True),
+               "engine bf16 reuse": ("bfloat16", True, False)}
+"""Engine variants: (precision, reuse the unperturbed prompt's keys and values, also compute the KL and JS
+divergences over the whole vocabulary, as a KL or JS target needs and the NLL default does not)."""
 MATMUL_DTYPE = {"float32": "float32", "mixed": "bfloat16", "bfloat16": "bfloat16"}
 """The dtype of the matrix products of each precision: the peak its GFLOP/s are compared with."""
 
@@ -187,21 +193,25 @@ def phase_engine(args) -> dict:
     """The engine's reference pass and iter_scores over every prompt."""
     from ropelime.surrogate import Surrogate
 
-    dtype, reuse = ENGINE_RUNS[args.run]
+    dtype, reuse, divergences = ENGINE_RUNS[args.run]
     surrogate = Surrogate.load(args.surrogate, device=args.device, dtype=dtype)
     surrogate.reuse_prefix = reuse
     ids, prefixes, response = prompts_for(surrogate, load_item(args.data, args.item, args.index), args.budget)
     counter = FlopCounter(surrogate.model)
     logp: list = [None] * len(prefixes)
+    profiling = torch.profiler.profile() if args.profile else contextlib.nullcontext()
     synchronize(surrogate.device)
     started = time.perf_counter()
-    reference = surrogate.reference(ids, response)
-    for batch, scores in surrogate.iter_scores(prefixes, response, reference=reference):
-        for i, s in zip(batch, scores):
-            logp[i] = s.logp.tolist()
+    with profiling:
+        reference = surrogate.reference(ids, response)
+        for batch, scores in surrogate.iter_scores(prefixes, response, reference=reference if divergences else None):
+            for i, s in zip(batch, scores):
+                logp[i] = s.logp.tolist()
     seconds = time.perf_counter() - started
+    profile = profiling.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile,
+                                             max_name_column_width=40) if args.profile else None
     return {"seconds": seconds, "prompts": len(prefixes), "tokens": sum(len(p) + len(response) for p in prefixes),
-            "flops": counter.flops, "dtype": dtype, "logp": logp}
+            "flops": counter.flops, "dtype": dtype, "logp": logp, "profile": profile}
 
 
 def phase_explain(args) -> dict:
@@ -236,7 +246,7 @@ def run_phase(args, phase: str, **extra) -> dict:
     """Run one phase in a fresh interpreter; returns its JSON result plus its peak RSS in GiB."""
     command = [sys.executable, __file__, "--phase", phase, "--data", str(args.data), "--budget", str(args.budget),
                "--plain-prompts", str(args.plain_prompts), "--plain-batch", str(args.plain_batch),
-               "--repeat", str(args.repeat)]
+               "--repeat", str(args.repeat), "--profile", str(args.profile)]
     for option in ("surrogate", "device"):
         if getattr(args, option):
             command += [f"--{option}", getattr(args, option)]
@@ -301,6 +311,8 @@ def report(args) -> None:
                     if run not in runs or result["seconds"] < runs[run]["seconds"]:
                         runs[run] = result
                 print_row(item, run, runs[run], base, peak)
+                if runs[run]["profile"]:
+                    print(runs[run]["profile"], flush=True)
             plain = runs["plain"]["logp"]
             for run, r in runs.items():
                 if run != "plain":
@@ -350,6 +362,9 @@ def main() -> None:
     parser.add_argument("--explain-dtypes", nargs="*", default=["float32", "mixed"],
                         choices=["float32", "mixed", "bfloat16"],
                         help="compute precisions of the end-to-end explain runs (none: skip them)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="print the N operators with the most self time of each engine run (torch.profiler; "
+                             "the profiler's overhead is in that run's seconds)")
     parser.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--item", help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, help=argparse.SUPPRESS)

@@ -27,7 +27,7 @@ from ropelime.samples import Inputs, ScoredSamples, output_positions, resolve_co
 from ropelime.schema import Cost, EncodedPrompt, ExplainConfig, Feature, SurrogateInfo, TokenScores
 from ropelime.settings import Limits
 from ropelime.surrogate import Surrogate
-from ropelime.targets import support_sign, target_vector
+from ropelime.targets import needs_divergences, support_sign, target_vector
 
 CONVERGE_EVERY = 8
 """With converge_top_k: masks scored between two checks of the top-k ranking (fixed, so the result
@@ -150,8 +150,11 @@ def score_masks(
     context = digest(surrogate.name, surrogate.precision, encoded.ids, response_ids)
     keys = [digest(ids) for ids, _ in perturbed]
 
+    divergences = needs_divergences(config.target) or surrogate.keep_divergences
     cached = cache.get_many(context, keys)
-    rows: list[TokenScores | None] = [cached.get(key) for key in keys]
+    # scores cached without divergences do not serve a target that needs them: those masks are scored again
+    rows: list[TokenScores | None] = [row if row is None or row.kl is not None or not divergences else None
+                                      for row in map(cached.get, keys)]
     cost.cached_samples += sum(r is not None for r in rows)
     done = sum(r is not None for r in rows)
     if progress:
@@ -188,7 +191,7 @@ def score_masks(
             finished = 0
             try:
                 for batch, batch_scores in surrogate.iter_scores([perturbed[i][0] for i in chunk], response_ids,
-                                                                 reference=reference):
+                                                                 reference=reference if divergences else None):
                     cost.surrogate_forward_passes += 1
                     for j, scores in zip(batch, batch_scores):
                         i = chunk[j]

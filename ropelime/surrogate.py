@@ -66,6 +66,9 @@ class Surrogate:
         self._cache_argument = "cache" if "cache" in forward else "past_key_values"
         self.reuse_prefix = True
         """Reuse cached keys and values of a shared prompt start (off only to measure what it saves)."""
+        self.keep_divergences = False
+        """Compute the KL and JS divergences of every scored mask even when the target does not read them (the
+        evaluation harness sets it, so that any target can later be fitted from the cached scores)."""
         self._prefix: PrefixKV | None = None
         """Keys and values of the last unperturbed prompt given to `reference`, reused by `iter_scores`."""
 

@@ -22,10 +22,13 @@ Positions = slice | np.ndarray
 
 @dataclass(frozen=True)
 class Target:
-    """`function(scores, positions) -> float`; `sign` = -1 for loss-like targets (lower = more support)."""
+    """`function(scores, positions) -> float`; `sign` = -1 for loss-like targets (lower = more support);
+    `divergent`: it reads the divergences from the unperturbed prompt's next-token distributions (KL, JS),
+    which scoring computes over the whole vocabulary only for such targets."""
 
     function: Callable[[TokenScores, Positions], float]
     sign: float = -1.0
+    divergent: bool = False
 
 
 def nll(scores: TokenScores, positions: Positions) -> float:
@@ -53,8 +56,8 @@ def _divergence(name: str) -> Callable[[TokenScores, Positions], float]:
 TARGETS: Registry[Target] = Registry("target", {
     "nll": Target(nll, -1.0),
     "logit_prob": Target(logit_prob, 1.0),
-    "kl": Target(_divergence("kl"), -1.0),
-    "js": Target(_divergence("js"), -1.0),
+    "kl": Target(_divergence("kl"), -1.0, divergent=True),
+    "js": Target(_divergence("js"), -1.0, divergent=True),
 }, wrap=Target)
 """The targets by name (the choices of `ExplainConfig.target`); a bare function given as a target is loss-like."""
 
@@ -62,6 +65,11 @@ TARGETS: Registry[Target] = Registry("target", {
 def support_sign(target: str) -> float:
     """The sign that turns a regression coefficient (or a target value) into support for the response."""
     return TARGETS[target].sign
+
+
+def needs_divergences(target: str) -> bool:
+    """Whether the target reads the KL and JS divergences, not only the response's log-probabilities."""
+    return TARGETS[target].divergent
 
 
 def target_value(scores: TokenScores, target: str, positions: Positions = slice(None)) -> float:

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 import ropelime
 from ropelime.cache import ScoreCache
@@ -68,6 +69,28 @@ def test_corrupt_entries_are_recomputed(tiny_surrogate, tmp_path, caplog):
     assert [f.score for f in again.features] == [f.score for f in first.features]
     third = ropelime.explain(PROMPT, RESPONSE, surrogate=tiny_surrogate, cache=cache, budget=6)
     assert third.cost.cached_samples == first.diagnostics.samples and third.cost.surrogate_forward_passes == 0
+    cache.close()
+
+
+def test_divergences_are_computed_only_for_targets_that_read_them(tiny_surrogate, tmp_path):
+    """An NLL explanation stores log-probabilities alone; a KL one scores those masks again and stores the
+    divergences, which then serve both targets; the NLL attribution is the same either way."""
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+
+    def stored() -> list[TokenScores]:
+        with sqlite3.connect(cache.path) as db:
+            keys = [key for (key,) in db.execute("SELECT sequence FROM scores")]
+            context = db.execute("SELECT context FROM scores").fetchone()[0]
+        return list(cache.get_many(context, keys).values())
+
+    nll = ropelime.explain(PROMPT, RESPONSE, surrogate=tiny_surrogate, cache=cache, budget=6)
+    assert stored() and all(row.kl is None and row.js is None for row in stored())
+    kl = ropelime.explain(PROMPT, RESPONSE, surrogate=tiny_surrogate, cache=cache, budget=6, target="kl")
+    assert kl.cost.cached_samples == 0 and kl.cost.surrogate_forward_passes > 0
+    assert all(row.kl is not None and row.js is not None for row in stored())
+    again = ropelime.explain(PROMPT, RESPONSE, surrogate=tiny_surrogate, cache=cache, budget=6)
+    assert again.cost.surrogate_forward_passes == 0
+    assert [f.score for f in again.features] == pytest.approx([f.score for f in nll.features], abs=1e-5)  # batching: fp32 noise
     cache.close()
 
 

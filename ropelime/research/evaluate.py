@@ -298,7 +298,8 @@ def run_evaluation(items: list[Item], methods: list[str], config: ExplainConfig,
 
     Faithfulness masks are scored through the persistent score cache (shared by the methods of an
     item); explanations use fresh caches so their cost is what a user would pay, unless
-    `reuse_scores`. `checkpoint` gets the report so far after every item (`complete` False until the last).
+    `reuse_scores`, which also keeps every mask's divergences (so a later run can fit any target from the
+    cached scores without scoring again). `checkpoint` gets the report so far after every item (`complete` False until the last).
     Items that a `previous` report with the same settings finished keep its records (`resumed` counts them).
     """
     from ropelime.explain import default_cache
@@ -322,19 +323,23 @@ def run_evaluation(items: list[Item], methods: list[str], config: ExplainConfig,
     head["resumed"] = sum(item.id in finished for item in items)
     records: list[dict] = []
     report: dict[str, Any] = {}
-    for done, item in enumerate(items, start=1):
-        for method in methods:  # one at a time, so a long run saves every finished explanation
-            if item.id in finished:
-                records += [r for r in finished[item.id] if r["method"] == method]
-                if step:
-                    step(item.id, method)
-            else:
-                records += evaluate_item(item, [method], config, budget=budget, surrogate=surrogate, closed=closed,
-                                         heldout=heldout, faith_cache=default_cache(), reuse_scores=reuse_scores,
-                                         step=(lambda m, item=item: step(item.id, m)) if step else None)
-            report = {**head, "items": done, "complete": done == len(items) and method == methods[-1],
-                      "errors": sum("error" in r for r in records),
-                      "summary": summarise(records, methods, seed=config.seed), "records": records}
-            if checkpoint:
-                checkpoint(report)
+    kept, surrogate.keep_divergences = surrogate.keep_divergences, reuse_scores
+    try:
+        for done, item in enumerate(items, start=1):
+            for method in methods:  # one at a time, so a long run saves every finished explanation
+                if item.id in finished:
+                    records += [r for r in finished[item.id] if r["method"] == method]
+                    if step:
+                        step(item.id, method)
+                else:
+                    records += evaluate_item(item, [method], config, budget=budget, surrogate=surrogate, closed=closed,
+                                             heldout=heldout, faith_cache=default_cache(), reuse_scores=reuse_scores,
+                                             step=(lambda m, item=item: step(item.id, m)) if step else None)
+                report = {**head, "items": done, "complete": done == len(items) and method == methods[-1],
+                          "errors": sum("error" in r for r in records),
+                          "summary": summarise(records, methods, seed=config.seed), "records": records}
+                if checkpoint:
+                    checkpoint(report)
+    finally:
+        surrogate.keep_divergences = kept
     return report
