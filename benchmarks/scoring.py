@@ -19,7 +19,8 @@ model weights included) is its own:
   (`no reuse`), plus the unperturbed prompt's KV cache reused (`reuse`), in fp32, mixed (bf16
   matrix products under autocast, fp32 weights and residual stream) and bf16, each scoring the response's
   log-probabilities only (what the default NLL target reads), and once also computing the KL and JS
-  divergences over the whole vocabulary (`+ KL/JS`, what a KL or JS target needs);
+  divergences over the whole vocabulary (`+ KL/JS`, what a KL or JS target needs), and once with
+  glibc's default of handing freed memory back to the kernel (`malloc frees`);
 - explain: `ropelime.explain` end to end with default settings and a fresh score cache; for
   HotpotQA also with a 40 s time budget, then a second call that resumes from the cache
   (`--explain-dtypes` lists the precisions: float32 and mixed by default).
@@ -44,16 +45,29 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINE_RUNS = {"engine fp32 no reuse": ("float32", False, False), "engine fp32 reuse": ("float32", True, False),
-               "engine mixed reuse": ("mixed", True, False), "engine mixed reuse + KL/JS": ("mixed", True, True),
-               "engine bf16 reuse": ("bfloat16", True, False)}
-"""Engine variants: (precision, reuse the unperturbed prompt's keys and values, also compute the KL and JS
-divergences over the whole vocabulary, as a KL or JS target needs and the NLL default does not)."""
+class EngineRun(NamedTuple):
+    """An engine variant: its precision; whether it reuses the unperturbed prompt's keys and values; whether it
+    also computes the KL and JS divergences over the whole vocabulary (as a KL or JS target needs and the NLL
+    default does not); whether malloc keeps freed memory for the next pass (`ropelime.cheap_forward`)."""
+
+    precision: str
+    reuse: bool = True
+    divergences: bool = False
+    keep_memory: bool = True
+
+
+ENGINE_RUNS = {"engine fp32 no reuse": EngineRun("float32", reuse=False),
+               "engine fp32 reuse": EngineRun("float32"),
+               "engine mixed reuse": EngineRun("mixed"),
+               "engine mixed reuse + KL/JS": EngineRun("mixed", divergences=True),
+               "engine mixed, malloc frees": EngineRun("mixed", keep_memory=False),
+               "engine bf16 reuse": EngineRun("bfloat16")}
 MATMUL_DTYPE = {"float32": "float32", "mixed": "bfloat16", "bfloat16": "bfloat16"}
 """The dtype of the matrix products of each precision: the peak its GFLOP/s are compared with."""
 
@@ -181,7 +195,8 @@ def phase_plain(args) -> dict:
             logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                            logits_to_keep=0, use_cache=False).logits
             out = torch.log_softmax(logits[:, width - len(response):].float(), -1)
-            logp += out.gather(-1, torch.tensor(response, device=device).expand(len(rows), -1).unsqueeze(-1))[..., 0].tolist()
+            target = torch.tensor(response, device=device).expand(len(rows), -1).unsqueeze(-1)
+            logp += out.gather(-1, target)[..., 0].tolist()
             del logits, out
     synchronize(device)
     seconds = time.perf_counter() - started
@@ -193,7 +208,11 @@ def phase_engine(args) -> dict:
     """The engine's reference pass and iter_scores over every prompt."""
     from ropelime.surrogate import Surrogate
 
-    dtype, reuse, divergences = ENGINE_RUNS[args.run]
+    from ropelime import surrogate as surrogate_module
+
+    dtype, reuse, divergences, keep_memory = ENGINE_RUNS[args.run]
+    if not keep_memory:
+        surrogate_module.keep_freed_memory = lambda: False  # glibc's default: freed blocks go back to the kernel
     surrogate = Surrogate.load(args.surrogate, device=args.device, dtype=dtype)
     surrogate.reuse_prefix = reuse
     ids, prefixes, response = prompts_for(surrogate, load_item(args.data, args.item, args.index), args.budget)
@@ -285,7 +304,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def print_row(item: str, run: str, r: dict, base: float, peak: dict) -> None:
     rate = r["tokens"] / r["seconds"]
     gflops = r["flops"] / r["seconds"] / 1e9
-    print(f"{item:9} {run:22} {r['prompts']:7d} {r['tokens']:7d} {r['seconds']:8.1f} {rate:7.0f} "
+    print(f"{item:9} {run:26} {r['prompts']:7d} {r['tokens']:7d} {r['seconds']:8.1f} {rate:7.0f} "
           f"{rate / base:7.2f} {gflops:8.1f} {100 * gflops / peak[MATMUL_DTYPE[r['dtype']]]:6.1f} {r['rss_gib']:7.2f}"
           f"{'' if r['device_gib'] is None else format(r['device_gib'], '11.2f')}", flush=True)
 
@@ -296,7 +315,7 @@ def report(args) -> None:
     print(f"surrogate: {name}   budget {args.budget}   device {peak['device']}   "
           f"matmul peak: fp32 {peak['float32']:.0f} GFLOP/s, bf16 {peak['bfloat16']:.0f} GFLOP/s   "
           f"load average at start {os.getloadavg()[0]:.1f}", flush=True)
-    header = (f"{'item':9} {'run':22} {'prompts':>7} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'x plain':>7} "
+    header = (f"{'item':9} {'run':26} {'prompts':>7} {'tokens':>7} {'seconds':>8} {'tok/s':>7} {'x plain':>7} "
               f"{'GFLOP/s':>8} {'% peak':>6} {'RSS GiB':>7}{' device GiB' if 'cuda' in peak['device'] else ''}")
     for item in args.items:
         index = args.hotpot_index if item == "hotpotqa" else args.mmlu_index

@@ -19,7 +19,7 @@ import torch
 
 from ropelime.attention import use_windowed_attention
 from ropelime.catalogue import PromptFormat
-from ropelime.cheap_forward import contiguous_head_input, store_linear_weights_in_bf16
+from ropelime.cheap_forward import contiguous_head_input, keep_freed_memory, store_linear_weights_in_bf16
 from ropelime.errors import SurrogateError
 from ropelime.prefix_cache import PrefixKV, batch_cache, layout, shared_length
 from ropelime.rope import find_rotary, rope_vectors
@@ -258,6 +258,8 @@ class Surrogate:
         Row r reads up to `reusable[r]` leading positions from `cached` instead of computing them;
         a given `cache` (batch of one, nothing reused) is filled with the row's keys and values.
         """
+        if self.device.type == "cpu":
+            keep_freed_memory()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         batch = layout(rows, reusable if cached else [0] * len(rows), pad)
         if batch.cached_width:

@@ -73,3 +73,38 @@ def test_a_bf16_checkpoint_loads_for_mixed_precision_without_a_float32_copy(tied
         assert mine.dtype == theirs.dtype and torch.equal(mine, theirs), name
     ids = torch.randint(3, 300, (2, 11))
     assert torch.equal(output_logits(model.eval(), ids, 3), output_logits(reference, ids, 3))
+
+
+FAULTS_PER_PASS = """
+import resource, sys, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from ropelime.cheap_forward import keep_freed_memory
+
+torch.manual_seed(0)
+config = LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                     num_attention_heads=4, num_key_value_heads=1)
+model = LlamaForCausalLM(config).eval()
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+ids = torch.randint(3, 1000, (4, 1024))
+with torch.inference_mode():
+    model(input_ids=ids, logits_to_keep=4)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        model(input_ids=ids, logits_to_keep=4)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_kept_freed_memory_spares_the_page_faults_of_repeated_passes():
+    """Each pass's large temporaries come from memory the last pass freed, not from fresh pages (glibc only)."""
+    import subprocess
+    import sys
+
+    from ropelime.cheap_forward import keep_freed_memory
+
+    if not keep_freed_memory():
+        pytest.skip("no glibc mallopt here")
+    faults = {mode: int(subprocess.run([sys.executable, "-c", FAULTS_PER_PASS, mode], capture_output=True, text=True,
+                                       check=True, timeout=300).stdout.split()[-1]) for mode in ("default", "keep")}
+    assert faults["keep"] * 5 < faults["default"], faults
