@@ -37,6 +37,7 @@ BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}
 """New tokens per forward pass by device type (others: the CPU's). On a CPU, larger batches stop paying
 beyond a few thousand tokens; a GPU needs more rows in flight to fill its cores (not measured here: no GPU)."""
 
+
 class Surrogate:
     """A loaded causal LM with rotary position embeddings, ready to score responses."""
 

@@ -298,8 +298,9 @@ def run_evaluation(items: list[Item], methods: list[str], config: ExplainConfig,
 
     Faithfulness masks are scored through the persistent score cache (shared by the methods of an
     item); explanations use fresh caches so their cost is what a user would pay, unless
-    `reuse_scores`, which also keeps every mask's divergences (so a later run can fit any target from the
-    cached scores without scoring again). `checkpoint` gets the report so far after every item (`complete` False until the last).
+    `reuse_scores`, which also keeps every mask's divergences (so a later run can fit any target from
+    the cached scores without scoring again). `checkpoint` gets the report so far after every item
+    (`complete` False until the last).
     Items that a `previous` report with the same settings finished keep its records (`resumed` counts them).
     """
     from ropelime.explain import default_cache
