@@ -81,6 +81,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from ropelime.cheap_forward import keep_freed_memory
 
 torch.manual_seed(0)
+torch.set_num_threads(1)  # one thread, one malloc arena: worker threads' arenas unmap their heaps on their own terms
 config = LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
                      num_attention_heads=4, num_key_value_heads=1)
 model = LlamaForCausalLM(config).eval()
