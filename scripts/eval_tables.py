@@ -7,6 +7,7 @@
     python scripts/eval_tables.py --plot-surrogates docs/eval_surrogates.png docs/results/quality/mmlu_*_base.json
     python scripts/eval_tables.py --plot-surrogates PNG --timings TIMINGS.json REPORTS...  # seconds measured apart
     python scripts/eval_tables.py --merge ALL.json FIRST.json REST.json   # one report of their items
+    python scripts/eval_tables.py --pooled BASE1.json VARIANT1.json BASE2.json VARIANT2.json  # Δ over all pairs
     python scripts/eval_tables.py --fill docs/EVALUATION.md   # regenerate every marked table in place
 
 In `--fill`, a table is the text between `<!-- eval_tables: ARGS -->` and `<!-- end -->`, replaced by
@@ -112,6 +113,21 @@ def paired_difference(report: dict, base: dict, method: str, metric: str) -> dic
 
     ours, theirs = values(report), values(base)
     return mean_ci([ours[i] - theirs[i] for i in ours if i in theirs])
+
+
+def pooled(pairs: list[tuple[dict, dict]], metric: str = "auroc") -> str:
+    """Per method: the paired difference variant − base over the items of every (base, variant) pair together
+    (e.g. one pair per surrogate: each item counts once per surrogate)."""
+    lines = []
+    for method in pairs[0][1]["summary"]:
+        diffs = []
+        for base, variant in pairs:
+            ours = {x["id"]: x[metric] for x in variant["records"] if x["method"] == method and metric in x}
+            theirs = {x["id"]: x[metric] for x in base["records"] if x["method"] == method and metric in x}
+            diffs += [ours[i] - theirs[i] for i in ours if i in theirs]
+        stat = mean_ci(diffs)
+        lines.append(f"- {method}: Δ {metric} {cell(stat, 3)} (n={stat['n']})")
+    return "\n".join(lines)
 
 
 def compact(reports: list[dict], paths: list[str], base: dict | None = None) -> str:
@@ -222,8 +238,9 @@ def fill(document: Path) -> None:
     document.write_text(MARKED.sub(regenerate, document.read_text(encoding="utf-8")), encoding="utf-8")
 
 
-MERGED_KEYS = ("task", "layout", "answer_part", "fixed_output", "surrogate", "budget", "methods", "faithfulness")
-"""What the reports joined by --merge must share (precision may differ: each part's is listed)."""
+MERGED_KEYS = ("task", "layout", "answer_part", "fixed_output", "surrogate", "budget", "faithfulness")
+"""What the reports joined by --merge must share (precision may differ: each part's is listed; the methods
+kept are those every part ran)."""
 
 
 def merge(reports: list[dict], paths: list[str]) -> dict:
@@ -235,19 +252,19 @@ def merge(reports: list[dict], paths: list[str]) -> dict:
         differ = [key for key in MERGED_KEYS if report.get(key) != first.get(key)]
         if differ:
             raise SystemExit(f"{path} differs from {paths[0]} in {', '.join(differ)}: not merged")
+    methods = {m: about for m, about in first["methods"].items() if all(m in r["methods"] for r in reports)}
     records, seen = [], set()
     for report in reports:
         ids = {r["id"] for r in report["records"]} - seen
-        records += [r for r in report["records"] if r["id"] in ids]
+        records += [r for r in report["records"] if r["id"] in ids and r["method"] in methods]
         seen |= ids
-    methods = list(first["methods"])
     precisions = sorted({r["precision"] for r in reports})
-    return {**{key: first.get(key) for key in MERGED_KEYS},
+    return {**{key: first.get(key) for key in MERGED_KEYS}, "methods": methods,
             "precision": precisions[0] if len(precisions) == 1 else " + ".join(precisions),
             "parts": [{"report": path, "command": r.get("command"), "precision": r["precision"], "items": r["items"]}
                       for r, path in zip(reports, paths)],
             "scores": first.get("scores"), "items": len(seen), "complete": all(r.get("complete") for r in reports),
-            "errors": sum("error" in r for r in records), "summary": summarise(records, methods, seed=0),
+            "errors": sum("error" in r for r in records), "summary": summarise(records, list(methods), seed=0),
             "records": records}
 
 
@@ -263,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compact", action="store_true", help="one table, one row per report and method")
     parser.add_argument("--base", metavar="REPORT", help="--compact: add paired differences against this report")
     parser.add_argument("--merge", metavar="OUT", help="join these reports' items into one report (same settings)")
+    parser.add_argument("--pooled", action="store_true", help="the reports are pairs BASE VARIANT ...: paired AUROC "
+                        "differences per method over the items of all pairs together")
     args = parser.parse_args(argv)
     if args.fill:
         fill(Path(args.fill))
@@ -281,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
         timings = json.loads(Path(args.timings).read_text(encoding="utf-8")) if args.timings else None
         plot_surrogates(reports, Path(args.plot_surrogates), timings)
         print(f"wrote {args.plot_surrogates}")
+        return
+    if args.pooled:
+        print(pooled(list(zip(reports[::2], reports[1::2]))))
         return
     if args.compact:
         base = json.loads(Path(args.base).read_text(encoding="utf-8")) if args.base else None
