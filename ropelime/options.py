@@ -47,7 +47,8 @@ def flag(name: str) -> str:
 def choices(name: str) -> list[Any] | None:
     """The values a field may take (None: not a choice)."""
     info = field(name)
-    for meta in info.metadata:
+    optional = [a for a in get_args(_value_type(info.annotation)) if isinstance(a, Registry)]  # Registry | None
+    for meta in [*info.metadata, *optional]:
         if isinstance(meta, Registry):
             return meta.names()
     return list(get_args(info.annotation)) if get_origin(info.annotation) is Literal else None

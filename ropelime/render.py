@@ -15,6 +15,7 @@ from rich.text import Text
 
 from ropelime.reliability import NOISE, excludes_zero
 from ropelime.schema import Explanation, FeatureScore
+from ropelime.targets import TARGETS, default_target
 from ropelime.verify import summary_lines
 
 RGB = tuple[int, int, int]
@@ -24,8 +25,8 @@ _WARM: tuple[RGB, RGB] = ((252, 174, 112), (196, 38, 30))
 """Supporting colours at half and at full intensity (light orange, deep red)."""
 _COOL: tuple[RGB, RGB] = ((150, 190, 228), (33, 82, 162))
 """Opposing colours at half and at full intensity (light blue, deep blue)."""
-_HEAT_TITLE = "prompt — warm supports, cool opposes"
-_TABLE_CAPTION = "rank 1 = strongest support, {d} = strongest opposition · * = 95% interval excludes 0"
+_HEAT_TITLE = "prompt — warm: {positive}, cool: {negative}"
+_TABLE_CAPTION = "rank 1 = highest score ({positive}), {d} = lowest ({negative}) · * = 95% interval excludes 0"
 _VERDICT_STYLE = {"high": "bold green", "medium": "bold yellow", "low": "bold red"}
 
 
@@ -117,6 +118,21 @@ def heatmap_text(explanation: Explanation) -> Text:
     return text
 
 
+def _meaning(explanation: Explanation) -> dict[str, str]:
+    """What a positive and a negative score say under the explanation's target."""
+    config = explanation.config
+    target = TARGETS[config.target or default_target(config.granularity)]
+    return {"positive": target.positive, "negative": target.negative}
+
+
+def _heat_title(explanation: Explanation) -> str:
+    return _HEAT_TITLE.format(**_meaning(explanation))
+
+
+def _table_caption(explanation: Explanation) -> str:
+    return _TABLE_CAPTION.format(d=len(explanation.features), **_meaning(explanation))
+
+
 def _verdicts(explanation: Explanation) -> dict[int, str]:
     """Verdict of each verified feature, by index (empty without a verification)."""
     checks = explanation.verification.checks if explanation.verification else []
@@ -128,7 +144,7 @@ def top_table(explanation: Explanation, k: int = 10) -> Table:
     excludes 0, and the closed model's verdict when verified."""
     shown, scale, verdicts = shown_features(explanation, k), _scale(explanation), _verdicts(explanation)
     table = Table(title=f"top {len(shown)} of {len(explanation.features)} features by |score|, ordered by score",
-                  caption=_TABLE_CAPTION.format(d=len(explanation.features)), caption_justify="left")
+                  caption=_table_caption(explanation), caption_justify="left")
     table.add_column("rank", justify="right")
     table.add_column("feature", overflow="fold")
     table.add_column("score", justify="right", no_wrap=True)
@@ -165,7 +181,7 @@ def summary_text(explanation: Explanation) -> Text:
 def print_explanation(explanation: Explanation, console: Console, k: int = 10) -> None:
     """Print the summary, the heat map of the prompt, the top-k table and any diagnostic notes."""
     console.print(summary_text(explanation))
-    console.print(Panel(heatmap_text(explanation), title=_HEAT_TITLE, title_align="left",
+    console.print(Panel(heatmap_text(explanation), title=_heat_title(explanation), title_align="left",
                         subtitle=f"full colour at |score| {_scale(explanation):.3g}", subtitle_align="right"))
     console.print(top_table(explanation, k))
     reliability = explanation.diagnostics.reliability
@@ -216,11 +232,12 @@ def _html_prompt(explanation: Explanation, scale: float) -> str:
         for piece, f in _pieces(explanation))
 
 
-def _html_legend(scale: float) -> str:
+def _html_legend(explanation: Explanation, scale: float) -> str:
     stops = ", ".join(f"rgb{score_rgb(t * scale, scale)}" for t in (-1, -0.5, 0, 0.5, 1))
-    return (f'<div class="legend"><span>opposes {number(-scale)}</span>'
+    meaning = _meaning(explanation)
+    return (f'<div class="legend"><span>{_esc(meaning["negative"])} {number(-scale)}</span>'
             f'<span class="bar" style="background:linear-gradient(to right, {stops})"></span>'
-            f'<span>{number(scale)} supports</span><span class="fixed">grey: fixed text</span></div>')
+            f'<span>{number(scale)} {_esc(meaning["positive"])}</span><span class="fixed">grey: fixed text</span></div>')
 
 
 def _html_top(explanation: Explanation, scale: float, k: int = 20) -> str:
@@ -234,7 +251,7 @@ def _html_top(explanation: Explanation, scale: float, k: int = 20) -> str:
     verified = "<th>closed model</th>" if verdicts else ""
     return ("<table><thead><tr><th>rank</th><th>feature</th><th>score</th><th>95% interval</th><th></th>"
             f"{verified}</tr></thead><tbody>{rows}</tbody></table>"
-            f'<p class="facts">{_esc(_TABLE_CAPTION.format(d=len(explanation.features)))}</p>')
+            f'<p class="facts">{_esc(_table_caption(explanation))}</p>')
 
 
 def _html_method(explanation: Explanation) -> str:
@@ -286,8 +303,8 @@ def to_html(explanation: Explanation) -> str:
 <p class="facts">{_esc(" · ".join(fit + cost))}</p>{_html_reliability(explanation)}
 <h2>Response ({_esc(source)})</h2>
 <div class="box">{_esc(explanation.response)}</div>{system}
-<h2>{_esc(_HEAT_TITLE.capitalize())}</h2>
-{_html_legend(scale)}
+<h2>{_esc(_heat_title(explanation).capitalize())}</h2>
+{_html_legend(explanation, scale)}
 <div class="box prompt">{_html_prompt(explanation, scale)}</div>
 <h2>Top features by |score|</h2>
 {_html_top(explanation, scale)}{_html_verification(explanation)}
@@ -314,7 +331,7 @@ def plot_scores(explanation: Explanation, path: Path, k: int = 15) -> Path:
     labels = [f"#{f.rank} {_shorten(f.text, 40)}".replace("$", r"\$") for f in shown]  # $ would start mathtext
     axes.set_yticks(list(positions), labels, fontsize=8)
     axes.axvline(0, color="#333", linewidth=0.8)
-    axes.set_xlabel("score (positive: supports the response) with 95% interval")
+    axes.set_xlabel(f"score (positive: {_meaning(explanation)['positive']}) with 95% interval")
     axes.set_title(f"RoPE-LIME: top {len(shown)} features by |score|, ordered by score")
     path = Path(path)
     figure.savefig(path, format="png", dpi=150)

@@ -23,7 +23,7 @@ from ropelime.reliability import assess
 from ropelime.samplers import SAMPLERS, default_k
 from ropelime.schema import (Cost, Diagnostics, ExplainConfig, Explanation, Feature, FeatureScore, SurrogateInfo,
                              TokenScores)
-from ropelime.targets import support_sign, target_vector
+from ropelime.targets import default_target, support_sign, target_notes, target_vector
 
 BOOTSTRAP = 200
 """Bootstrap draws of the fit's intervals."""
@@ -104,11 +104,17 @@ def output_positions(response: str, offsets: list[tuple[int, int]], output_span:
     return positions
 
 
+UNSET_DEFAULTS = ("target", "k", "alpha", "kernel_width")
+"""Options whose default is written as None and chosen per explanation (`resolve_config`)."""
+
+
 def resolve_config(config: ExplainConfig, d: int) -> ExplainConfig:
-    """The config with the values an explanation over d features uses in place of None: sparse_k's k,
-    the ridge/lasso alpha and the kernel width (None stays where the option does not apply)."""
+    """The config with the values an explanation over d features uses in place of None: the target (from
+    the granularity), sparse_k's k, the ridge/lasso alpha and the kernel width (None stays where the option
+    does not apply)."""
     uses_k = SAMPLERS[config.sampler].uses_k
     resolved = {
+        "target": config.target or default_target(config.granularity),
         "k": min(config.k or default_k(d), max(d - 1, 1)) if uses_k else config.k,
         "alpha": SOLVERS[config.solver].default_alpha if config.alpha is None else config.alpha,
         "kernel_width": KERNELS[config.kernel].default_width if config.kernel_width is None else config.kernel_width,
@@ -119,9 +125,9 @@ def resolve_config(config: ExplainConfig, d: int) -> ExplainConfig:
 def _identity_config(config: ExplainConfig, d: int) -> ExplainConfig:
     """The config with resolved values that equal the defaults written as None, so that a config and its
     resolved copy (`resolve_config`) name the same explanation."""
-    defaults = resolve_config(config.model_copy(update={"k": None, "alpha": None, "kernel_width": None}), d)
+    defaults = resolve_config(config.model_copy(update=dict.fromkeys(UNSET_DEFAULTS)), d)
     resolved = resolve_config(config, d)
-    return resolved.model_copy(update={name: None for name in ("k", "alpha", "kernel_width")
+    return resolved.model_copy(update={name: None for name in UNSET_DEFAULTS
                                        if getattr(resolved, name) == getattr(defaults, name)})
 
 
@@ -179,7 +185,8 @@ def fit_samples(samples: ScoredSamples, *, output_span: str | None = None, notes
                              rank=int(ranks[i])) for i, f in enumerate(samples.features)]
     diagnostics = Diagnostics(r2=fit.r2, samples=len(samples.scores), planned_samples=samples.planned,
                               complete=samples.complete, surrogate_nll=float(-samples.scores[0].logp[positions].mean()),
-                              notes=[*fit.notes, *sampling_notes(samples, config), *(notes or [])])
+                              notes=[*fit.notes, *sampling_notes(samples, config), *target_notes(config.target),
+                                     *(notes or [])])
     diagnostics.reliability = assess(diagnostics, features)
     cost = samples.cost.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
     return Explanation(

@@ -52,9 +52,11 @@ class ExplainConfig(BaseModel):
                                                   "unset = chosen from the number of features")
     sizes: SizeDistribution = Field("uniform", description="sparse_k: how many features a mask removes, 1..k: "
                                     "uniform, or harmonic (probability ∝ 1/size)")
-    target: Target = Field("nll", description="what is measured per perturbed prompt (nll: mean negative "
-                           "log-likelihood of the response; logit_prob: its log-odds; kl, js: divergence of the "
-                           "next-token distributions)")
+    target: Target | None = Field(None, description="what is measured per perturbed prompt (nll: mean negative "
+                                  "log-likelihood of the response, signed: support or opposition; logit_prob: its "
+                                  "log-odds; kl, js: divergence of the next-token distributions, unsigned: how much "
+                                  "the answer rests on a feature); unset = chosen from the granularity: kl for "
+                                  "sentences, paragraphs and segments, nll for words (measured best)")
     kernel: Kernel = Field("rwmd_rope", description="locality weighting of the perturbed prompts (rwmd_rope: "
                            "relaxed word mover's distance in RoPE embedding space; cosine: LIME's; uniform: none)")
     kernel_width: float | None = Field(None, gt=0, description="sigma of the locality kernel; unset = the kernel's default")

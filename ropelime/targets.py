@@ -24,11 +24,16 @@ Positions = slice | np.ndarray
 class Target:
     """`function(scores, positions) -> float`; `sign` = -1 for loss-like targets (lower = more support);
     `divergent`: it reads the divergences from the unperturbed prompt's next-token distributions (KL, JS),
-    which scoring computes over the whole vocabulary only for such targets."""
+    which scoring computes over the whole vocabulary only for such targets; `note`: what a reader of its
+    scores should know (added to the explanation's notes); `positive`, `negative`: what a positive and a
+    negative score say, for legends."""
 
     function: Callable[[TokenScores, Positions], float]
     sign: float = -1.0
     divergent: bool = False
+    note: str | None = None
+    positive: str = "supports"
+    negative: str = "opposes"
 
 
 def nll(scores: TokenScores, positions: Positions) -> float:
@@ -53,13 +58,34 @@ def _divergence(name: str) -> Callable[[TokenScores, Positions], float]:
     return mean_divergence
 
 
+UNSIGNED = ("target {}: a score says how much the answer rests on the feature (how far the surrogate's "
+            "next-token distributions move without it), not whether it argues for or against the answer; "
+            "target nll gives that direction")
+"""The note of the divergence targets ({} = the target's name)."""
+
+
 TARGETS: Registry[Target] = Registry("target", {
     "nll": Target(nll, -1.0),
     "logit_prob": Target(logit_prob, 1.0),
-    "kl": Target(_divergence("kl"), -1.0, divergent=True),
-    "js": Target(_divergence("js"), -1.0, divergent=True),
+    "kl": Target(_divergence("kl"), -1.0, divergent=True, note=UNSIGNED, positive="answer rests on it",
+                 negative="does not"),
+    "js": Target(_divergence("js"), -1.0, divergent=True, note=UNSIGNED, positive="answer rests on it",
+                 negative="does not"),
 }, wrap=Target)
 """The targets by name (the choices of `ExplainConfig.target`); a bare function given as a target is loss-like."""
+
+
+def default_target(granularity: str) -> str:
+    """The target when none is given: the divergence for sentences, paragraphs and segments, whose removal
+    shifts the whole answer, and the response's NLL for words (docs/EVALUATION.md §8.12: KL lifted the
+    sentence AUROC on HotpotQA on both surrogates and did not help on MMLU's words)."""
+    return "nll" if granularity == "word" else "kl"
+
+
+def target_notes(target: str) -> list[str]:
+    """What a reader of this target's scores should know (none for the signed targets)."""
+    note = TARGETS[target].note
+    return [note.format(target)] if note else []
 
 
 def support_sign(target: str) -> float:

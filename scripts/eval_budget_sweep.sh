@@ -7,13 +7,14 @@ TASK=${1:?task (mmlu or hotpotqa)}
 N=${2:?number of items}
 case $TASK in mmlu) FILE=mmlu_decisive_dev.jsonl ;; hotpotqa) FILE=hotpotqa_dev.jsonl ;; *) exit 2 ;; esac
 DATA=${DATA:-../shared/data/$FILE}
+TARGET=${TARGET:-nll}  # the target the reports in docs/results ran with (the default is now per granularity)
 OUT=${OUT:-docs/results/budget}
 mkdir -p "$OUT"
 for budget in 16 32 64; do
   ropelime eval "$TASK" --data "$DATA" --limit "$N" --methods ropelime,contextcite --sampler bernoulli \
-    --budget "$budget" --seed 0 --reuse-scores --json "$OUT/${TASK}_n${N}_bernoulli_b$budget.json" > /dev/null
+    --budget "$budget" --seed 0 --target "$TARGET" --reuse-scores --json "$OUT/${TASK}_n${N}_bernoulli_b$budget.json" > /dev/null
 done
 for budget in 16 32 64 d; do
   ropelime eval "$TASK" --data "$DATA" --limit "$N" --methods ropelime,loo --budget "$budget" --seed 0 \
-    --reuse-scores --json "$OUT/${TASK}_n${N}_sparse_k_b$budget.json" > /dev/null
+    --target "$TARGET" --reuse-scores --json "$OUT/${TASK}_n${N}_sparse_k_b$budget.json" > /dev/null
 done

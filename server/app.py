@@ -34,7 +34,9 @@ DEFAULT_TIME_BUDGET_S = 40.0
 
 INSTRUCTIONS = """RoPE-LIME explains which parts of a prompt an answer rests on. A small local surrogate model
 scores the fixed answer under many perturbations of the prompt; a weighted linear fit gives every
-word, sentence or paragraph a score (positive = supports the answer) with a 95% interval.
+word, sentence or paragraph a score with a 95% interval: positive = the answer rests on it (for
+sentences and paragraphs, by default, how much the answer depends on it whatever its direction;
+for words, or with target=nll, whether it supports or opposes the answer).
 Call explain_response with the prompt and the answer (or a model to ask once), then top_features
 with its explanation_id, optionally for one part of the answer (output_span). Long prompts may come
 back INCOMPLETE after the time budget: call again with continue_from to resume from cached scores.
@@ -93,7 +95,8 @@ def options_document(options: EngineOptions) -> dict:
         "compare_samplers_defaults": {"samplers": list(DEFAULT_SAMPLERS), "budgets": list(DEFAULT_BUDGETS),
                                       "seeds": list(DEFAULT_SEEDS), "time_budget_s": DEFAULT_TIME_BUDGET_S},
         "meaning": {
-            "score": "positive = the feature supports the response; ci_low/ci_high = 95% interval",
+            "score": "positive = the response rests on the feature (target nll: supports it; kl, js: how much the "
+                     "response depends on it, whatever its direction); ci_low/ci_high = 95% interval",
             "sparse_k": "each perturbation removes a few features, balanced coverage (default)",
             "loo": "remove one feature at a time (budget does not apply)",
             "bernoulli": "keep each feature with probability 1/2 (LIME, ContextCite)",
@@ -148,7 +151,7 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
     ) -> Annotated[CallToolResult, Explanation]:
         """Attribute an answer to the parts of its prompt (words, sentences or paragraphs).
 
-        Returns the top features with scores (positive = supports the answer) and 95% intervals,
+        Returns the top features with scores (positive = the answer rests on it) and 95% intervals,
         and the full explanation as structured content. Without a response, asks `model` once.
         Stops after time_budget_s and returns a partial result marked INCOMPLETE with its
         explanation_id; call again with continue_from (or the same arguments) to resume.

@@ -227,6 +227,19 @@ def test_the_config_records_the_values_used_and_the_id_does_not_depend_on_writin
     assert uniform.config.kernel_width is None and uniform.config.alpha is None and uniform.config.k is None
 
 
+def test_the_target_follows_the_granularity_unless_given(tiny_surrogate, cache):
+    """Unset, the target is the KL divergence for sentences and the NLL for words; the result records the
+    target used, writing the default out names the same explanation, and a given target is kept."""
+    words, sentences = run(tiny_surrogate, cache), run(tiny_surrogate, cache, granularity="sentence", budget=8)
+    assert (words.config.target, sentences.config.target) == ("nll", "kl")
+    assert run(tiny_surrogate, cache, granularity="sentence", budget=8, target="kl").id == sentences.id
+    signed = run(tiny_surrogate, cache, granularity="sentence", budget=8, target="nll")
+    assert signed.config.target == "nll" and signed.id != sentences.id
+    assert [f.score for f in signed.features] != [f.score for f in sentences.features]
+    assert any("target kl" in note for note in sentences.diagnostics.notes)  # unsigned: the reader is told
+    assert not any("target" in note for note in signed.diagnostics.notes)
+
+
 def test_a_few_features_say_how_many_distinct_masks_exist(tiny_surrogate, cache):
     prompt = "Context: The sky is blue. Paris is in France. Question: Where is Paris?"
     result = ropelime.explain(prompt, "In France.", granularity="sentence", budget=64, surrogate=tiny_surrogate,

@@ -233,3 +233,17 @@ def test_the_tool_text_lists_support_and_opposition_once_each(explanation):
     assert opposing.count("Tolls are") == 1 and "+0.4" not in opposing
     none = _with_scores(explanation, [(-0.4, -0.7, -0.1), (-2.0, -3.0, -1.0), (-0.3, -0.5, -0.1)])
     assert "none supports the response" in explanation_text(none)
+
+
+@pytest.mark.parametrize("target, positive, negative", [("nll", "supports", "opposes"),
+                                                        ("kl", "answer rests on it", "does not")])
+def test_legends_say_what_a_score_means_under_the_target(explanation, target, positive, negative):
+    """A signed target's scores support or oppose the answer; a divergence's say how much the answer rests on
+    a feature, and every legend (terminal, HTML) says which."""
+    shown = explanation.model_copy(update={"config": ExplainConfig(target=target)})
+    console = Console(record=True, width=200)
+    print_explanation(shown, console)
+    terminal = console.export_text()
+    assert f"warm: {positive}, cool: {negative}" in terminal and f"rank 1 = highest score ({positive})" in terminal
+    page = html.unescape(to_html(shown))
+    assert f"{positive}</span>" in page and f"<span>{negative} " in page

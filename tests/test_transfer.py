@@ -41,12 +41,13 @@ def test_transfer_item_answer_changes_and_verdicts_follow_the_closed_model(tiny_
     def reply(messages):
         return "Paris." if KEY in messages[-1]["content"] else "I do not know."
 
+    config = ExplainConfig(target="nll")  # the stand-in's own target, so that its LOO and the evaluated one agree
     with OpenAIStub(reply=reply) as stub:
         closed = Closed(model="openai/stub-model", api_base=stub.base_url, max_tokens=8)
-        records = transfer_item(item, ["ropelime", "loo"], ExplainConfig(), budget=6, surrogate=tiny_surrogate,
+        records = transfer_item(item, ["ropelime", "loo"], config, budget=6, surrogate=tiny_surrogate,
                                 standin=tiny_surrogate, closed=closed)
         asked = stub.requests
-        again = transfer_item(item, ["ropelime", "loo"], ExplainConfig(), budget=6, surrogate=tiny_surrogate,
+        again = transfer_item(item, ["ropelime", "loo"], config, budget=6, surrogate=tiny_surrogate,
                               standin=tiny_surrogate, closed=closed)
         assert stub.requests == asked  # every answer is cached
     assert [r["method"] for r in records] == ["ropelime", "loo"] and not any("error" in r for r in records)
@@ -79,7 +80,7 @@ def test_eval_transfer_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path, ca
                     + "\n", encoding="utf-8")
     out = tmp_path / "transfer.json"
     common = ["eval", "hotpotqa", "--data", str(data), "--methods", "ropelime,loo", "--budget", "6",
-              "--surrogate", str(tiny_model_dir), "--device", "cpu"]
+              "--target", "nll", "--surrogate", str(tiny_model_dir), "--device", "cpu"]  # the stand-in's target
     assert main([*common, "--transfer"]) == 2  # a usage mistake: one line, before any model loads
     assert "--transfer needs --closed-local" in capsys.readouterr().err
     assert main([*common, "--closed-local", str(tiny_model_dir), "--max-tokens", "4", "--transfer",
