@@ -94,6 +94,7 @@ async def test_tool_parameters_are_the_config_fields(server):
     for name in ("sampler", "target", "kernel", "perturb", "solver"):
         assert options[name] == choices(name)
     assert options["defaults"] == {**DEFAULTS.model_dump(exclude={"segments", "time_budget_s"}),
+                                   "target": {"word": "nll", "sentence": "kl", "paragraph": "kl"},
                                    "time_budget_s": TOOL_DEFAULTS["time_budget_s"]}
 
 
