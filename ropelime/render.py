@@ -15,7 +15,7 @@ from rich.text import Text
 
 from ropelime.reliability import NOISE, excludes_zero
 from ropelime.schema import Explanation, FeatureScore
-from ropelime.targets import TARGETS, default_target
+from ropelime.targets import TARGETS, Target, default_target
 from ropelime.verify import summary_lines
 
 RGB = tuple[int, int, int]
@@ -118,10 +118,15 @@ def heatmap_text(explanation: Explanation) -> Text:
     return text
 
 
+def target_of(explanation: Explanation) -> Target:
+    """The target the explanation's scores measure."""
+    config = explanation.config
+    return TARGETS[config.target or default_target(config.granularity)]
+
+
 def _meaning(explanation: Explanation) -> dict[str, str]:
     """What a positive and a negative score say under the explanation's target."""
-    config = explanation.config
-    target = TARGETS[config.target or default_target(config.granularity)]
+    target = target_of(explanation)
     return {"positive": target.positive, "negative": target.negative}
 
 

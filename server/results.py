@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from ropelime.compare import Comparison
-from ropelime.render import number, reliability_line
+from ropelime.render import number, reliability_line, target_of
 from ropelime.schema import Explanation, FeatureScore
 from ropelime.verify import summary_lines
 
@@ -54,8 +54,9 @@ def explanation_text(explanation: Explanation, k: int = 5) -> str:
     """What the model needs from an explanation in a few lines."""
     c, d = explanation.cost, explanation.diagnostics
     source = f"from {explanation.closed_model}" if explanation.response_source == "closed_model" else "given"
+    target = target_of(explanation)
     supporting = [f for f in explanation.top(k, "supporting") if f.score > 0]
-    opposing = [f for f in explanation.top(3, "opposing") if f.score < 0]
+    opposing = [] if target.divergent else [f for f in explanation.top(3, "opposing") if f.score < 0]  # unsigned
     lines = [
         f"explanation_id: {explanation.id} — {status(explanation)}",
         f"response ({source}): {shorten(explanation.response, 300)!r}",
@@ -65,7 +66,8 @@ def explanation_text(explanation: Explanation, k: int = 5) -> str:
         lines.append(reliability)
     head = f"{len(explanation.features)} {explanation.config.granularity} features; "
     if supporting:
-        lines += [head + f"top {len(supporting)} supporting (score [95% interval]):", *feature_lines(supporting)]
+        label = "the answer rests on" if target.divergent else "supporting"
+        lines += [head + f"top {len(supporting)} {label} (score [95% interval]):", *feature_lines(supporting)]
     else:
         lines.append(head + "none supports the response (no positive score)")
     if opposing:

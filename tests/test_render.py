@@ -226,6 +226,9 @@ def test_the_tool_text_lists_support_and_opposition_once_each(explanation):
     from ropelime_server.results import explanation_text
 
     mostly_opposing = _with_scores(explanation, [(0.4, 0.1, 0.7), (-2.0, -3.0, -1.0), (-0.3, -0.5, -0.1)])
+    unsigned = explanation_text(mostly_opposing.model_copy(update={"config": ExplainConfig(target="kl")}), k=5)
+    assert "top 1 the answer rests on" in unsigned and "opposing" not in unsigned  # a divergence has no direction
+    mostly_opposing = mostly_opposing.model_copy(update={"config": ExplainConfig(target="nll")})
     text = explanation_text(mostly_opposing, k=5)
     supporting, opposing = text.split("most opposing:")
     assert "-2" not in supporting and "-0.3" not in supporting and "+0.4" in supporting
