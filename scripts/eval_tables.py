@@ -8,6 +8,7 @@
     python scripts/eval_tables.py --plot-surrogates PNG --timings TIMINGS.json REPORTS...  # seconds measured apart
     python scripts/eval_tables.py --merge ALL.json FIRST.json REST.json   # one report of their items
     python scripts/eval_tables.py --pooled BASE1.json VARIANT1.json BASE2.json VARIANT2.json  # Δ over all pairs
+    python scripts/eval_tables.py --pooled --metric auroc --metric target_lds BASE1.json VARIANT1.json ...
     python scripts/eval_tables.py --fill docs/EVALUATION.md   # regenerate every marked table in place
 
 In `--fill`, a table is the text between `<!-- eval_tables: ARGS -->` and `<!-- end -->`, replaced by
@@ -29,8 +30,21 @@ from pathlib import Path
 from ropelime.research.evaluate import mean_ci
 
 COLUMNS = [("auroc", "AUROC", 3), ("ap", "AP", 3), ("p_at_k", "P@k", 3), ("lds", "LDS", 3),
-           ("topk_minus_random", "top-k − random-k drop", 3), ("closed_calls", "closed calls", 1),
+           ("topk_minus_random", "top-k − random-k drop", 3), ("target_lds", "LDS on its target", 3),
+           ("target_topk_minus_random", "top-k − random-k on its target", 3), ("closed_calls", "closed calls", 1),
            ("surrogate_passes", "surrogate passes", 1), ("seconds", "s / item", 1)]
+OPTIONAL_COLUMNS = {"target_lds", "target_topk_minus_random"}
+"""Columns shown only when a report has them (reports before they were measured lack them)."""
+
+NO_VALUES = {"mean": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0}
+
+
+def columns(reports: list[dict]) -> list[tuple[str, str, int]]:
+    """The COLUMNS these reports fill (the optional ones only if some method of some report has values)."""
+    def filled(key: str) -> bool:
+        return any(summary.get(key, NO_VALUES)["n"] for r in reports for summary in r["summary"].values())
+
+    return [column for column in COLUMNS if column[0] not in OPTIONAL_COLUMNS or filled(column[0])]
 
 
 def cell(stat: dict, digits: int) -> str:
@@ -40,15 +54,16 @@ def cell(stat: dict, digits: int) -> str:
 
 
 def table(report: dict, path: str) -> str:
+    shown = columns([report])
     lines = [f"`{path}` — {report['task']}, {report['items']} items{'' if report.get('complete') else ' (partial)'}, "
              f"budget {report['budget']}, fixed output: {report['fixed_output']}, surrogate {report['surrogate']}"
              f" ({report.get('precision', 'float32')})",
              "",
-             "| method | n | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 2) + "|"]
+             "| method | n | " + " | ".join(title for _, title, _ in shown) + " |",
+             "|---" * (len(shown) + 2) + "|"]
     for method, summary in report["summary"].items():
         lines.append(f"| {method} | {summary['auroc']['n']} | "
-                     + " | ".join(cell(summary[key], digits) for key, _, digits in COLUMNS) + " |")
+                     + " | ".join(cell(summary.get(key, NO_VALUES), digits) for key, _, digits in shown) + " |")
     return "\n".join(lines)
 
 
@@ -133,14 +148,18 @@ def pooled(pairs: list[tuple[dict, dict]], metric: str = "auroc") -> str:
 def compact(reports: list[dict], paths: list[str], base: dict | None = None) -> str:
     """One row per report and method, labelled by the file name: for sweeps of one option. With
     `base`, three more columns: the paired AUROC, LDS and top-k drop differences against the base report."""
-    extra = ["Δ AUROC vs base", "Δ LDS vs base", "Δ top-k drop vs base"] if base else []
-    lines = ["| variant | method | n | " + " | ".join([title for _, title, _ in COLUMNS] + extra) + " |",
-             "|---" * (len(COLUMNS) + 3 + len(extra)) + "|"]
+    shown = columns(reports)
+    deltas = {"auroc": "Δ AUROC vs base", "lds": "Δ LDS vs base", "topk_minus_random": "Δ top-k drop vs base",
+              "target_lds": "Δ LDS on its target vs base",
+              "target_topk_minus_random": "Δ top-k drop on its target vs base"}
+    deltas = {key: title for key, title in deltas.items() if any(key == k for k, _, _ in shown)} if base else {}
+    lines = ["| variant | method | n | " + " | ".join([title for _, title, _ in shown] + list(deltas.values())) + " |",
+             "|---" * (len(shown) + 3 + len(deltas)) + "|"]
     for report, path in zip(reports, paths):
         for method, summary in report["summary"].items():
-            cells = [cell(summary[key], digits) for key, _, digits in COLUMNS]
+            cells = [cell(summary.get(key, NO_VALUES), digits) for key, _, digits in shown]
             if base:
-                cells += [cell(paired_difference(report, base, method, m), 3) for m in ("auroc", "lds", "topk_minus_random")]
+                cells += [cell(paired_difference(report, base, method, m), 3) for m in deltas]
             lines.append(f"| {Path(path).stem} | {method} | {summary['auroc']['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -282,6 +301,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--merge", metavar="OUT", help="join these reports' items into one report (same settings)")
     parser.add_argument("--pooled", action="store_true", help="the reports are pairs BASE VARIANT ...: paired AUROC "
                         "differences per method over the items of all pairs together")
+    parser.add_argument("--metric", action="append", metavar="FIELD",
+                        help="--pooled: a record field to difference (repeat for more; default auroc)")
     args = parser.parse_args(argv)
     if args.fill:
         fill(Path(args.fill))
@@ -302,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.plot_surrogates}")
         return
     if args.pooled:
-        print(pooled(list(zip(reports[::2], reports[1::2]))))
+        print("\n".join(pooled(list(zip(reports[::2], reports[1::2])), metric) for metric in args.metric or ["auroc"]))
         return
     if args.compact:
         base = json.loads(Path(args.base).read_text(encoding="utf-8")) if args.base else None

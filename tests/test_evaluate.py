@@ -126,10 +126,25 @@ def test_eval_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path, mmlu_rows, 
     for record in report["records"]:
         assert 0.0 <= record["auroc"] <= 1.0 and -1.0 <= record["lds"] <= 1.0
         assert record["closed_calls"] == 0 and record["surrogate_passes"] >= 1
+        same = (record["target_lds"], record["target_topk_minus_random"]) == (record["lds"], record["topk_minus_random"])
+        assert same == (record["method"] != "contextcite")  # words fit the NLL, ContextCite style its logit-prob
     loo = [r for r in report["records"] if r["method"] == "loo"]
     assert all(r["samples"] == r["d"] + 1 for r in loo)
     assert report["summary"]["ropelime"]["auroc"]["n"] == 2
     assert "AUROC" in capsys.readouterr().out
+
+
+def test_eval_measures_faithfulness_on_the_methods_own_target_too(tiny_model_dir, tmp_path, mmlu_rows):
+    from ropelime.cli import main
+
+    out = tmp_path / "report.json"
+    assert main(["eval", "mmlu", "--data", str(MMLU), "--limit", "1", "--methods", "loo", "--target", "kl",
+                 "--heldout", "8", "--surrogate", str(tiny_model_dir), "--device", "cpu", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    record = report["records"][0]
+    assert report["faithfulness"]["target"] == "nll"  # the common measure stays the NLL's
+    assert -1.0 <= record["target_lds"] <= 1.0 and record["target_topk_minus_random"] != record["topk_minus_random"]
+    assert report["summary"]["loo"]["target_lds"]["n"] == 1
 
 
 def test_eval_budget_d_equals_the_number_of_features(tiny_model_dir, tmp_path, mmlu_rows):

@@ -204,11 +204,17 @@ def explain_item(item: Item, method: str, config: ExplainConfig, response: str, 
                 cache.close()
 
 
+COMMON_FAITHFULNESS = {"target": "nll", "perturb": "delete"}
+"""The faithfulness every method is measured on (`lds`, `topk_minus_random`), whatever it fits; `target_lds` and
+`target_topk_minus_random` measure it on the explanation's own target and perturbation (the same masks)."""
+
+
 def evaluate_item(item: Item, methods: list[str], config: ExplainConfig, *, budget: int | Literal["d"],
                   surrogate: Surrogate, closed: Closed | None = None, heldout: int = 32,
                   faith_cache: ScoreCache | None = None, reuse_scores: bool = False,
                   step: Callable[[str], None] | None = None) -> list[dict]:
-    """Per-method records for one item: agreement, faithfulness (nll, delete) and cost.
+    """Per-method records for one item: agreement, faithfulness (`COMMON_FAITHFULNESS`, and on the method's own
+    target) and cost.
 
     With `reuse_scores` the explanations also score through `faith_cache` (the persistent cache):
     refits of the same masks (another target, kernel or solver) then cost no surrogate pass.
@@ -243,12 +249,14 @@ def evaluate_item(item: Item, methods: list[str], config: ExplainConfig, *, budg
                        "seconds": round(time.perf_counter() - started, 2), "r2": result.diagnostics.r2,
                        "surrogate_nll": result.diagnostics.surrogate_nll}
             if heldout > 0 and len(features) >= 2:
-                probe = result.model_copy(update={"config": result.config.model_copy(
-                    update={"target": "nll", "perturb": "delete"})})
-                faith = evaluate_faithfulness(probe, heldout=heldout, seed=config.seed, surrogate=surrogate,
+                common = result.model_copy(update={"config": result.config.model_copy(update=COMMON_FAITHFULNESS)})
+                faith = evaluate_faithfulness(common, heldout=heldout, seed=config.seed, surrogate=surrogate,
                                               cache=faith_cache)
+                own = faith if common.config == result.config else evaluate_faithfulness(
+                    result, heldout=heldout, seed=config.seed, surrogate=surrogate, cache=faith_cache)
                 record |= {"lds": faith.lds, "topk_drop": faith.topk_drop, "random_k_drop": faith.random_k_drop,
-                           "topk_minus_random": faith.topk_drop - faith.random_k_drop, "faith_k": faith.k}
+                           "topk_minus_random": faith.topk_drop - faith.random_k_drop, "faith_k": faith.k,
+                           "target_lds": own.lds, "target_topk_minus_random": own.topk_drop - own.random_k_drop}
         except Exception as error:  # noqa: BLE001 - one failing item must not end a long run; it is reported
             record["error"] = f"{type(error).__name__}: {error}"
         records.append(record)
@@ -256,7 +264,7 @@ def evaluate_item(item: Item, methods: list[str], config: ExplainConfig, *, budg
 
 
 METRICS = ("auroc", "ap", "p_at_k", "lds", "topk_drop", "random_k_drop", "topk_minus_random",
-           "closed_calls", "surrogate_passes", "seconds")
+           "target_lds", "target_topk_minus_random", "closed_calls", "surrogate_passes", "seconds")
 
 
 def summarise(records: list[dict], methods: list[str], seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
@@ -317,7 +325,7 @@ def run_evaluation(items: list[Item], methods: list[str], config: ExplainConfig,
                         else method_config(m, config, budget, 0).model_dump(
                             exclude={"segments", "granularity", "time_budget_s", "budget"}))
                     for m in methods},
-        "faithfulness": {"target": "nll", "perturb": "delete", "heldout_masks": heldout},
+        "faithfulness": {**COMMON_FAITHFULNESS, "heldout_masks": heldout},
         "scores": "persistent cache (cost counts only new scoring)" if reuse_scores else "fresh cache per explanation",
     }
     finished = finished_items(previous, head, methods)
