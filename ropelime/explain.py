@@ -26,7 +26,7 @@ from ropelime.fit import SOLVERS
 from ropelime.kernels import KERNELS
 from ropelime.perturb import PERTURBATIONS
 from ropelime.samplers import SAMPLERS, sample_masks
-from ropelime.samples import BOOTSTRAP, ScoredSamples, fit_samples, output_positions
+from ropelime.samples import BOOTSTRAP, ScoredSamples, fit_samples, output_positions, resolve_config
 from ropelime.schema import Cost, ExplainConfig, Explanation, Feature
 from ropelime.scoring import Prepared, Progress, prepare, score_masks, score_samples, split
 from ropelime.settings import Limits, cache_dir
@@ -75,7 +75,7 @@ def resolve_surrogate(name: str | None, prompt: str, response: str, config: Expl
     name = name or settings.surrogate() or catalogue.DEFAULT_SURROGATE
     if name != catalogue.AUTO:
         return load_surrogate(name), None
-    masks = 1 + (config.budget if SAMPLERS[config.sampler].uses_budget else features)
+    masks = len(plan_masks(features, resolve_config(config, features)))
     tokens = (len(prompt) + len(response)) // CHARS_PER_TOKEN + 1
     pick, why = catalogue.choose_auto(prompt_tokens=tokens, masks=masks, time_budget_s=config.time_budget_s,
                                       gpu=_has_gpu(settings.device()))

@@ -6,6 +6,9 @@ and the result depends only on the arguments (numpy `default_rng(seed)`).
 - `loo`: the d singletons, row i removes feature i; `budget` does not apply.
 - `bernoulli`: every feature kept with probability 0.5; `budget` distinct masks (all of them
   when fewer exist).
+- `loo_pairs`: the d singletons in order (as `loo`), then budget - d masks removing two features
+  each (at least `MIN_PAIRS`, at most every pair), balanced as sparse_k's: the singletons measure each
+  feature, the pairs how far the features' effects add up (the `differences` solver's intervals).
 - `sparse_k`: every mask removes a few features: 1..K, K = `k` or `default_k(d)`, capped at d - 1
   (so some feature is always kept, unless d = 1), sizes drawn from `SIZE_DISTRIBUTIONS[sizes]`. Each mask
   is built greedily: repeatedly take the feature removed least often so far, ties broken by the
@@ -39,6 +42,9 @@ ENUMERATE_LIMIT = 50_000
 
 RANDOM_TRIES = 64
 """Fallback above that limit: random masks of the size tried for an unused one."""
+
+MIN_PAIRS = 16
+"""loo_pairs: pair masks scored even when the budget leaves fewer after the singletons."""
 
 
 def uniform_sizes(k: int) -> np.ndarray:
@@ -98,20 +104,31 @@ def sparse_k(d: int, budget: int, rng: np.random.Generator, *, k: int | None = N
     return _sparse_k(d, budget, default_k(d) if k is None else k, SIZE_DISTRIBUTIONS[sizes], rng)
 
 
+def loo_pairs(d: int, budget: int, rng: np.random.Generator, **_) -> np.ndarray:
+    """The d singletons, then max(budget - d, MIN_PAIRS) balanced pair masks (every pair when fewer exist)."""
+    pairs = min(max(budget - d, MIN_PAIRS), math.comb(d, 2))
+    if not pairs:
+        return loo(d, budget, rng)
+    return _sparse_k(d, d + pairs, 2, uniform_sizes, rng, singletons=True)
+
+
 @dataclass(frozen=True)
 class Sampler:
     """`function(d, budget, rng, *, k, sizes) -> (n, d) bool masks` (True = kept; never the all-kept row);
-    whether it draws `budget` masks (else its own number) and whether it takes `k`."""
+    whether it draws `budget` masks (else its own number), whether it takes `k`, and the solver its masks are
+    made for (the default fit)."""
 
     function: Callable[..., np.ndarray]
     uses_budget: bool = True
     uses_k: bool = False
+    solver: str = "ridge"
 
 
 SAMPLERS: Registry[Sampler] = Registry("sampler", {
     "sparse_k": Sampler(sparse_k, uses_k=True),
     "loo": Sampler(loo, uses_budget=False),
     "bernoulli": Sampler(bernoulli),
+    "loo_pairs": Sampler(loo_pairs, solver="differences"),
 }, wrap=Sampler)
 """The samplers by name (the choices of `ExplainConfig.sampler`)."""
 
@@ -130,12 +147,15 @@ def _bernoulli(d: int, budget: int, rng: np.random.Generator) -> np.ndarray:
     return np.array(list(rows.values()), dtype=bool)
 
 
-def _sparse_k(d: int, budget: int, k: int, size_distribution, rng: np.random.Generator) -> np.ndarray:
+def _sparse_k(d: int, budget: int, k: int, size_distribution, rng: np.random.Generator, *,
+              singletons: bool | None = None) -> np.ndarray:
+    """`budget` balanced masks of 1..k removals; `singletons`: the d singletons first, then larger masks only
+    (default: when budget >= 2d)."""
     k = min(k, max(d - 1, 1))
     possible = sum(math.comb(d, s) for s in range(1, k + 1))
     if possible <= budget:
         return _all_sparse(d, k, rng)
-    singletons = budget >= 2 * d
+    singletons = budget >= 2 * d if singletons is None else singletons
     sizes = np.arange(2 if singletons else 1, k + 1)
     weights = size_distribution(k)[sizes - 1]
     weights = weights / weights.sum()

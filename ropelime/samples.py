@@ -23,7 +23,7 @@ from ropelime.reliability import assess
 from ropelime.samplers import SAMPLERS, default_k
 from ropelime.schema import (Cost, Diagnostics, ExplainConfig, Explanation, Feature, FeatureScore, SurrogateInfo,
                              TokenScores)
-from ropelime.targets import default_target, support_sign, target_notes, target_vector
+from ropelime.targets import support_sign, target_notes, target_vector
 
 BOOTSTRAP = 200
 """Bootstrap draws of the fit's intervals."""
@@ -104,19 +104,37 @@ def output_positions(response: str, offsets: list[tuple[int, int]], output_span:
     return positions
 
 
-UNSET_DEFAULTS = ("target", "k", "alpha", "kernel_width")
+UNSET_DEFAULTS = ("target", "sampler", "solver", "k", "alpha", "kernel_width")
 """Options whose default is written as None and chosen per explanation (`resolve_config`)."""
+
+WORD_METHOD = {"target": "nll", "sampler": "sparse_k"}
+SEGMENT_METHOD = {"target": "kl", "sampler": "loo_pairs"}
+
+
+def default_method(granularity: str) -> dict[str, str]:
+    """The target and sampler when none is given (the solver follows the sampler).
+
+    Sentences, paragraphs and segments: each feature's KL divergence when it alone is removed, with pair
+    masks for the intervals (docs/EVALUATION.md §8.12, §8.14: on HotpotQA the divergence beat the NLL on both
+    surrogates, and single removals beat the linear fit over sparse_k's masks, on the ranking against gold
+    and on predicting the KL of held-out masks). Words: the response's NLL fitted over sparse_k's masks, where
+    neither KL nor single removals did better (MMLU, §8.11)."""
+    return WORD_METHOD if granularity == "word" else SEGMENT_METHOD
 
 
 def resolve_config(config: ExplainConfig, d: int) -> ExplainConfig:
-    """The config with the values an explanation over d features uses in place of None: the target (from
-    the granularity), sparse_k's k, the ridge/lasso alpha and the kernel width (None stays where the option
-    does not apply)."""
-    uses_k = SAMPLERS[config.sampler].uses_k
+    """The config with the values an explanation over d features uses in place of None: the target and
+    sampler (from the granularity), the solver (the sampler's), sparse_k's k, the ridge/lasso alpha and the
+    kernel width (None stays where the option does not apply)."""
+    method = default_method(config.granularity)
+    sampler = config.sampler or method["sampler"]
+    solver = config.solver or SAMPLERS[sampler].solver
     resolved = {
-        "target": config.target or default_target(config.granularity),
-        "k": min(config.k or default_k(d), max(d - 1, 1)) if uses_k else config.k,
-        "alpha": SOLVERS[config.solver].default_alpha if config.alpha is None else config.alpha,
+        "target": config.target or method["target"],
+        "sampler": sampler,
+        "solver": solver,
+        "k": min(config.k or default_k(d), max(d - 1, 1)) if SAMPLERS[sampler].uses_k else config.k,
+        "alpha": SOLVERS[solver].default_alpha if config.alpha is None else config.alpha,
         "kernel_width": KERNELS[config.kernel].default_width if config.kernel_width is None else config.kernel_width,
     }
     return config.model_copy(update=resolved)

@@ -43,11 +43,13 @@ class ExplainConfig(BaseModel):
 
     granularity: Granularity = Field("sentence", description="the unit of a feature: word, sentence or paragraph "
                                      "(the library and the CLI also take caller-given character spans)")
-    sampler: Sampler = Field("sparse_k", description="how the perturbation masks are drawn (sparse_k: a few "
-                             "features removed each, balanced coverage; loo: one at a time; bernoulli: each "
-                             "feature kept with probability 1/2)")
-    budget: int = Field(64, ge=1, le=100_000, description="perturbed prompts to score (loo uses one per feature); "
-                        "more is slower and steadier")
+    sampler: Sampler | None = Field(None, description="how the perturbation masks are drawn (sparse_k: a few "
+                                    "features removed each, balanced coverage; loo: one at a time; loo_pairs: one "
+                                    "at a time, then pairs for the intervals; bernoulli: each feature kept with "
+                                    "probability 1/2); unset = chosen from the granularity: loo_pairs for "
+                                    "sentences, paragraphs and segments, sparse_k for words (measured best)")
+    budget: int = Field(64, ge=1, le=100_000, description="perturbed prompts to score (loo uses one per feature, "
+                        "loo_pairs one per feature and at least 16 pairs); more is slower and steadier")
     k: int | None = Field(None, ge=1, description="sparse_k: largest number of features removed per mask; "
                                                   "unset = chosen from the number of features")
     sizes: SizeDistribution = Field("uniform", description="sparse_k: how many features a mask removes, 1..k: "
@@ -72,7 +74,10 @@ class ExplainConfig(BaseModel):
     prompt_format: PromptFormatChoice = Field("auto", description="how the surrogate reads the prompt: chat (its chat "
                                               "template, the response as the assistant turn), plain (the text as "
                                               "is), or auto (the format measured best for the surrogate)")
-    solver: Solver = Field("ridge", description="the weighted linear fit: ridge, ols or lasso")
+    solver: Solver | None = Field(None, description="the linear fit: ridge, ols or lasso over the masks, or "
+                                  "differences (each feature's change when removed alone, intervals from the "
+                                  "pairs); unset = the one the sampler's masks are made for (differences for "
+                                  "loo_pairs, else ridge)")
     alpha: float | None = Field(None, ge=0, description="regularisation of ridge / lasso; unset = the solver's default")
     seed: int = Field(0, description="masks and intervals are deterministic per seed")
     time_budget_s: float | None = Field(None, gt=0, description="stop scoring before this many seconds would pass "

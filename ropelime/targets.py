@@ -75,13 +75,6 @@ TARGETS: Registry[Target] = Registry("target", {
 """The targets by name (the choices of `ExplainConfig.target`); a bare function given as a target is loss-like."""
 
 
-def default_target(granularity: str) -> str:
-    """The target when none is given: the divergence for sentences, paragraphs and segments, whose removal
-    shifts the whole answer, and the response's NLL for words (docs/EVALUATION.md §8.12: KL lifted the
-    sentence AUROC on HotpotQA on both surrogates and did not help on MMLU's words)."""
-    return "nll" if granularity == "word" else "kl"
-
-
 def target_notes(target: str) -> list[str]:
     """What a reader of this target's scores should know (none for the signed targets)."""
     note = TARGETS[target].note

@@ -23,7 +23,7 @@ from ropelime.options import choices, with_method_parameters
 from ropelime.render import to_html
 from ropelime.catalogue import DEFAULT_SURROGATE
 from ropelime.schema import ExplainConfig, Explanation, Sampler
-from ropelime.targets import default_target
+from ropelime.samples import default_method
 from ropelime.verify import check_request
 from ropelime_server.engine import (EngineOptions, engine_of, lifespan_for, run_job, tool_errors,
                                     validation_problems)
@@ -92,15 +92,21 @@ def options_document(options: EngineOptions) -> dict:
         **{name: choices(name) for name in ("sampler", "target", "kernel", "perturb", "solver")},
         "direction": list(get_args(Direction)),
         "defaults": {**defaults.model_dump(exclude={"segments", "time_budget_s"}),
-                     "target": {g: default_target(g) for g in get_args(ToolGranularity)},  # unset: per granularity
+                     **{option: {g: default_method(g)[option] for g in get_args(ToolGranularity)}  # unset: per
+                        for option in ("target", "sampler")},                                     # granularity
+                     "solver": "the sampler's: differences for loo_pairs, else ridge",
                      "time_budget_s": DEFAULT_TIME_BUDGET_S},
         "compare_samplers_defaults": {"samplers": list(DEFAULT_SAMPLERS), "budgets": list(DEFAULT_BUDGETS),
                                       "seeds": list(DEFAULT_SEEDS), "time_budget_s": DEFAULT_TIME_BUDGET_S},
         "meaning": {
             "score": "positive = the response rests on the feature (target nll: supports it; kl, js: how much the "
                      "response depends on it, whatever its direction); ci_low/ci_high = 95% interval",
-            "sparse_k": "each perturbation removes a few features, balanced coverage (default)",
+            "sparse_k": "each perturbation removes a few features, balanced coverage (default for words)",
             "loo": "remove one feature at a time (budget does not apply)",
+            "loo_pairs": "remove one feature at a time, then pairs of features for the intervals (default for "
+                         "sentences and paragraphs)",
+            "differences": "a feature's score is the change when it alone is removed; its interval, how far pairs "
+                           "depart from the sum of their parts",
             "bernoulli": "keep each feature with probability 1/2 (LIME, ContextCite)",
             "nll": "mean negative log-likelihood of the response", "logit_prob": "log-odds of the whole response",
             "kl": "KL divergence of the next-token distributions", "js": "Jensen-Shannon divergence",

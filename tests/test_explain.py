@@ -242,9 +242,13 @@ def test_the_target_follows_the_granularity_unless_given(tiny_surrogate, cache):
 
 def test_a_few_features_say_how_many_distinct_masks_exist(tiny_surrogate, cache):
     prompt = "Context: The sky is blue. Paris is in France. Question: Where is Paris?"
-    result = ropelime.explain(prompt, "In France.", granularity="sentence", budget=64, surrogate=tiny_surrogate,
-                              cache=cache)
+    result = ropelime.explain(prompt, "In France.", granularity="sentence", sampler="sparse_k", budget=64,
+                              surrogate=tiny_surrogate, cache=cache)
     assert len(result.features) == 3 and result.diagnostics.planned_samples == 4
     assert any("only 3 distinct perturbations exist for 3 features with sparse_k (k = 1)" in n
                for n in result.diagnostics.notes)
     assert result.diagnostics.reliability is not None
+    default = ropelime.explain(prompt, "In France.", granularity="sentence", budget=64, surrogate=tiny_surrogate,
+                               cache=cache)  # loo_pairs: the 3 singletons and the 3 pairs
+    assert default.config.sampler == "loo_pairs" and default.diagnostics.planned_samples == 7
+    assert any("only 6 distinct perturbations exist for 3 features with loo_pairs" in n for n in default.diagnostics.notes)

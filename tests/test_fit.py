@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ropelime.fit import fit_linear, weighted_r2
+from ropelime.samplers import sample_masks
 
 
 def planted(n: int = 200, d: int = 12, noise: float = 0.05, seed: int = 1):
@@ -80,7 +81,8 @@ def test_weighted_r2():
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 12), d=st.integers(1, 6), solver=st.sampled_from(["ridge", "ols", "lasso"]), data=st.data())
+@given(n=st.integers(1, 12), d=st.integers(1, 6), solver=st.sampled_from(["ridge", "ols", "lasso", "differences"]),
+       data=st.data())
 def test_fit_never_returns_nan(n, d, solver, data):
     finite = st.floats(-1e6, 1e6, allow_nan=False)
     masks = np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=d, max_size=d), min_size=n, max_size=n)))
@@ -130,3 +132,45 @@ def test_interval_ends_at_float_noise_are_zero():
     masks = np.vstack([np.ones(4, dtype=bool), ~np.eye(4, dtype=bool), np.ones(4, dtype=bool)])
     fit = fit_linear(masks, np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0]), np.ones(6))  # nothing changes the target
     assert np.all(fit.ci_low == 0.0) and np.all(fit.ci_high == 0.0)
+
+
+def singletons_and_pairs(d: int, pairs: int, seed: int = 0) -> np.ndarray:
+    """The all-kept row, the d singletons and `pairs` pair masks (the default sentence method's design)."""
+    return np.vstack([np.ones((1, d), dtype=bool), sample_masks(d, "loo_pairs", d + pairs, seed=seed)])
+
+
+def test_differences_reads_each_score_off_its_singleton_and_its_interval_off_the_pairs():
+    d = 10
+    masks = singletons_and_pairs(d, 30)
+    effect = np.linspace(0.0, 0.9, d)
+    additive = 2.0 - (~masks) @ effect  # a target that falls by each removed feature's effect
+    exact = fit_linear(masks, additive, np.ones(len(masks)), solver="differences")
+    np.testing.assert_allclose(exact.coef, effect, atol=1e-12)
+    np.testing.assert_allclose(exact.ci_high - exact.ci_low, 0.0, atol=1e-12)  # pairs add up: nothing uncertain
+    assert exact.notes == []
+    # pairs that fall short of their singletons' sum (a saturating target): the coefficients stay the singletons',
+    # the intervals widen with the shortfall, ± 1.96 sigma with residual variance 2 sigma^2 per pair
+    pair = (~masks).sum(axis=1) == 2
+    saturating = additive + np.where(pair, 0.1, 0.0)
+    fit = fit_linear(masks, saturating, np.ones(len(masks)), solver="differences")
+    np.testing.assert_allclose(fit.coef, effect, atol=1e-12)
+    np.testing.assert_allclose((fit.ci_high - fit.ci_low) / 2, 1.959964 * np.sqrt(0.1**2 / 2), rtol=1e-5)
+    assert ((fit.ci_low > 0) == (effect > 1.959964 * np.sqrt(0.005))).all()
+
+
+def test_differences_without_every_singleton_falls_back_to_ridge_and_says_so():
+    masks = singletons_and_pairs(8, 20)
+    y = 1.0 - (~masks) @ np.arange(8.0)
+    partial = np.delete(masks, 3, axis=0)  # the singleton of feature 2 was never scored (a time budget)
+    fit = fit_linear(partial, np.delete(y, 3), np.ones(len(partial)), solver="differences")
+    assert any("1 is missing: fitted by ridge instead" in note for note in fit.notes)
+    assert np.argmax(fit.coef) == 7 and np.all(fit.ci_low <= fit.coef)
+
+
+def test_differences_without_pairs_has_unmeasured_intervals_and_a_note():
+    masks = np.vstack([np.ones((1, 4), dtype=bool), sample_masks(4, "loo", 4)])
+    fit = fit_linear(masks, np.array([1.0, 0.5, 0.9, 1.0, 0.2]), np.ones(5), solver="differences")
+    np.testing.assert_allclose(fit.coef, [0.5, 0.1, 0.0, 0.8])
+    np.testing.assert_allclose(fit.ci_low, 0.0)
+    np.testing.assert_allclose(fit.ci_high, 2 * fit.coef)
+    assert any("intervals (± each score) are not measured" in note for note in fit.notes)

@@ -95,6 +95,8 @@ async def test_tool_parameters_are_the_config_fields(server):
         assert options[name] == choices(name)
     assert options["defaults"] == {**DEFAULTS.model_dump(exclude={"segments", "time_budget_s"}),
                                    "target": {"word": "nll", "sentence": "kl", "paragraph": "kl"},
+                                   "sampler": {"word": "sparse_k", "sentence": "loo_pairs", "paragraph": "loo_pairs"},
+                                   "solver": "the sampler's: differences for loo_pairs, else ridge",
                                    "time_budget_s": TOOL_DEFAULTS["time_budget_s"]}
 
 
@@ -135,9 +137,10 @@ def test_explain_takes_a_callable_stage(tiny_surrogate, tmp_path):
     cache = ScoreCache(tmp_path / "scores.sqlite")
     prompt = "The sky is blue. Paris is the capital of France. Cats sleep a lot."
     try:
-        named = ropelime.explain(prompt, "Paris.", kernel="uniform", surrogate=tiny_surrogate, cache=cache, budget=6)
-        given = ropelime.explain(prompt, "Paris.", kernel=closest_first, surrogate=tiny_surrogate, cache=cache,
-                                 budget=6)
+        named = ropelime.explain(prompt, "Paris.", kernel="uniform", sampler="sparse_k", surrogate=tiny_surrogate,
+                                 cache=cache, budget=6)
+        given = ropelime.explain(prompt, "Paris.", kernel=closest_first, sampler="sparse_k", surrogate=tiny_surrogate,
+                                 cache=cache, budget=6)
     finally:
         KERNELS.pop("closest_first", None)
         cache.close()

@@ -34,7 +34,17 @@ def test_loo_is_the_identity_complement():
     np.testing.assert_array_equal(sample_masks(1, "loo", budget=9), [[False]])
 
 
-@pytest.mark.parametrize("sampler", ["sparse_k", "bernoulli"])
+@pytest.mark.parametrize(("d", "budget", "pairs"), [(40, 64, 24), (91, 64, 16), (5, 64, 10), (10, 12, 16)])
+def test_loo_pairs_is_the_singletons_then_balanced_pairs(d, budget, pairs):
+    masks = sample_masks(d, "loo_pairs", budget, seed=2)
+    np.testing.assert_array_equal(masks[:d], ~np.eye(d, dtype=bool))
+    assert len(masks) == d + pairs and (removed(masks[d:]).sum(axis=1) == 2).all()
+    assert len({row.tobytes() for row in masks}) == len(masks)
+    counts = removed(masks[d:]).sum(axis=0)
+    assert counts.max() - counts.min() <= 1  # every feature in as many pairs as any other, give or take one
+
+
+@pytest.mark.parametrize("sampler", ["sparse_k", "bernoulli", "loo_pairs"])
 def test_deterministic_per_seed_and_different_across_seeds(sampler):
     a = sample_masks(40, sampler, 64, seed=7)
     np.testing.assert_array_equal(a, sample_masks(40, sampler, 64, seed=7))
@@ -43,7 +53,7 @@ def test_deterministic_per_seed_and_different_across_seeds(sampler):
 
 @settings(max_examples=120, deadline=None)
 @given(d=st.integers(1, 40), budget=st.integers(1, 300), k=st.one_of(st.none(), st.integers(1, 12)),
-       sampler=st.sampled_from(["sparse_k", "bernoulli", "loo"]), seed=st.integers(0, 2**32 - 1))
+       sampler=st.sampled_from(["sparse_k", "bernoulli", "loo", "loo_pairs"]), seed=st.integers(0, 2**32 - 1))
 def test_masks_are_distinct_and_never_all_ones(d, budget, k, sampler, seed):
     masks = sample_masks(d, sampler, budget, k=k, seed=seed)
     assert masks.dtype == bool and masks.ndim == 2 and masks.shape[1] == d
@@ -51,6 +61,9 @@ def test_masks_are_distinct_and_never_all_ones(d, budget, k, sampler, seed):
     assert not masks.all(axis=1).any()
     if sampler == "loo":
         assert len(masks) == d
+    elif sampler == "loo_pairs":
+        pairs = math.comb(d, 2) if d > 2 else 0  # a pair of two features would remove everything
+        assert len(masks) == d + min(max(budget - d, 16), pairs)
     elif sampler == "bernoulli":
         assert len(masks) == min(budget, 2**d - 1)
     else:
