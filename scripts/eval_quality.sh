@@ -4,8 +4,8 @@
 # the default and LOO, Bernoulli-1/2 for the ContextCite style) and the held-out masks; every other run refits
 # those cached scores with the KL target, Bernoulli masks with KL and ridge, or (MMLU) the answer's letter only
 # (no new surrogate pass but the top-k removal masks).
-# Every run names its target: the default one depends on the granularity (KL for HotpotQA's sentences,
-# NLL for MMLU's words), and these reports compare targets on the same masks.
+# Every run names its target and sampler: the default ones depend on the granularity (KL and loo_pairs for
+# HotpotQA's sentences, NLL and sparse_k for MMLU's words), and these reports compare targets on the same masks.
 # Usage: scripts/eval_quality.sh TASK N SURROGATE        e.g. scripts/eval_quality.sh mmlu 20 qwen2.5-coder-0.5b
 set -e
 TASK=${1:?task (mmlu or hotpotqa)}
@@ -16,7 +16,7 @@ DATA=${DATA:-../shared/data/$FILE}
 OUT=${OUT:-docs/results/quality}
 mkdir -p "$OUT"
 run() { name=$1; shift; ropelime eval "$TASK" --data "$DATA" --limit "$N" --surrogate "$SURROGATE" --budget 64 \
-        --seed 0 --reuse-scores "$@" --json "$OUT/${TASK}_${SURROGATE}_n${N}_$name.json" > /dev/null; }
+        --seed 0 --reuse-scores --sampler sparse_k "$@" --json "$OUT/${TASK}_${SURROGATE}_n${N}_$name.json" > /dev/null; }
 run base --methods ropelime,loo,contextcite --target nll
 run target_kl --methods ropelime,loo --target kl
 run bernoulli_kl --methods ropelime --sampler bernoulli --kernel uniform --target kl

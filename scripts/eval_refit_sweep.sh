@@ -8,10 +8,11 @@ N=${2:?number of items}
 case $TASK in mmlu) FILE=mmlu_decisive_dev.jsonl ;; hotpotqa) FILE=hotpotqa_dev.jsonl ;; *) exit 2 ;; esac
 DATA=${DATA:-../shared/data/$FILE}
 TARGET=${TARGET:-nll}  # the target the reports in docs/results ran with (the default is now per granularity)
+SAMPLER=${SAMPLER:-sparse_k}  # and the sampler (likewise)
 OUT=${OUT:-docs/results/refit}
 mkdir -p "$OUT"
 run() { name=$1; shift; ropelime eval "$TASK" --data "$DATA" --limit "$N" --methods ropelime --budget 64 --seed 0 \
-        --target "$TARGET" --reuse-scores "$@" --json "$OUT/${TASK}_n${N}_$name.json" > /dev/null; }
+        --target "$TARGET" --sampler "$SAMPLER" --reuse-scores "$@" --json "$OUT/${TASK}_n${N}_$name.json" > /dev/null; }
 run base
 for target in logit_prob kl js; do run "target_$target" --target "$target"; done
 for kernel in cosine uniform; do run "kernel_$kernel" --kernel "$kernel"; done

@@ -52,7 +52,8 @@ def without_cost(record: dict) -> dict:
 
 def assert_same_result(got, expected) -> None:
     """Equal records: every text, rank and flag exactly, every number to float rounding (batches sized
-    from the measured pace group prompts differently from run to run, which moves scores by ~1e-7)."""
+    from the measured pace group prompts differently from run to run, which moves scores by ~1e-7; the tiny
+    model's KL divergences are ~1e-4, so the differences of them that sentence scores are move by ~1e-3)."""
     if isinstance(expected, dict):
         assert isinstance(got, dict) and got.keys() == expected.keys()
         for key in expected:
@@ -62,7 +63,7 @@ def assert_same_result(got, expected) -> None:
         for a, b in zip(got, expected):
             assert_same_result(a, b)
     elif isinstance(expected, float) and not isinstance(got, bool):
-        assert got == pytest.approx(expected, rel=1e-4, abs=1e-6)
+        assert got == pytest.approx(expected, rel=1e-3, abs=1e-6)
     else:
         assert got == expected
 

@@ -240,6 +240,29 @@ def test_the_target_follows_the_granularity_unless_given(tiny_surrogate, cache):
     assert not any("target" in note for note in signed.diagnostics.notes)
 
 
+def test_sentences_default_to_single_removals_with_pair_intervals(tiny_surrogate, cache):
+    """Unset, sentences use loo_pairs masks and the differences solver (each score is the KL change when the
+    sentence alone is removed); writing that out names the same explanation; the same scores refit by ridge
+    need no scoring; words keep sparse_k and ridge; a given sampler brings its own solver."""
+    sentences = run(tiny_surrogate, cache, granularity="sentence", budget=8)
+    d = len(sentences.features)
+    assert (sentences.config.sampler, sentences.config.solver, sentences.config.alpha) == ("loo_pairs", "differences",
+                                                                                           None)
+    assert sentences.diagnostics.planned_samples == 1 + d + min(max(8 - d, 16), d * (d - 1) // 2)
+    written = run(tiny_surrogate, cache, granularity="sentence", budget=8, sampler="loo_pairs", solver="differences")
+    assert written.id == sentences.id and written.cost.surrogate_forward_passes == 0
+    loo = run(tiny_surrogate, cache, granularity="sentence", sampler="loo", solver="differences", target="kl")
+    assert [f.score for f in loo.features] == pytest.approx([f.score for f in sentences.features])  # the singletons
+    samples = ropelime.score(PROMPT, RESPONSE, explain=CONTEXT, granularity="sentence", budget=8,
+                             surrogate=tiny_surrogate, cache=cache)
+    ridge = ropelime.fit_samples(samples, solver="ridge")
+    assert (ridge.config.sampler, ridge.config.solver, ridge.config.alpha) == ("loo_pairs", "ridge", 1.0)
+    assert [f.score for f in ridge.features] != [f.score for f in sentences.features]
+    words = run(tiny_surrogate, cache)
+    assert (words.config.sampler, words.config.solver) == ("sparse_k", "ridge")
+    assert run(tiny_surrogate, cache, granularity="sentence", sampler="bernoulli", budget=8).config.solver == "ridge"
+
+
 def test_a_few_features_say_how_many_distinct_masks_exist(tiny_surrogate, cache):
     prompt = "Context: The sky is blue. Paris is in France. Question: Where is Paris?"
     result = ropelime.explain(prompt, "In France.", granularity="sentence", sampler="sparse_k", budget=64,
