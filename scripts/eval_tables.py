@@ -31,9 +31,11 @@ from ropelime.research.evaluate import mean_ci
 
 COLUMNS = [("auroc", "AUROC", 3), ("ap", "AP", 3), ("p_at_k", "P@k", 3), ("lds", "LDS", 3),
            ("topk_minus_random", "top-k − random-k drop", 3), ("target_lds", "LDS on its target", 3),
-           ("target_topk_minus_random", "top-k − random-k on its target", 3), ("closed_calls", "closed calls", 1),
+           ("target_topk_minus_random", "top-k − random-k on its target", 3),
+           ("significant_gold", "gold with interval excluding 0", 2), ("significant_other", "others excluding 0", 2),
+           ("closed_calls", "closed calls", 1),
            ("surrogate_passes", "surrogate passes", 1), ("seconds", "s / item", 1)]
-OPTIONAL_COLUMNS = {"target_lds", "target_topk_minus_random"}
+OPTIONAL_COLUMNS = {"target_lds", "target_topk_minus_random", "significant_gold", "significant_other"}
 """Columns shown only when a report has them (reports before they were measured lack them)."""
 
 NO_VALUES = {"mean": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0}

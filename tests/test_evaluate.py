@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from ropelime.research.baselines import gsmile, similarity_target, wmd
-from ropelime.research.evaluate import agreement, gold_labels, hotpotqa_item, load_items, mean_ci, mmlu_item
+from ropelime.research.evaluate import agreement, gold_labels, hotpotqa_item, load_items, mean_ci, mmlu_item, significance
 from ropelime.features import find_explain_span, split_features
-from ropelime.schema import ExplainConfig, Feature
+from ropelime.schema import ExplainConfig, Feature, FeatureScore
 from tests.conftest import DATA
 from tests.openai_stub import OpenAIStub
 
@@ -71,6 +71,16 @@ def test_agreement_on_planted_scores():
     half = agreement(np.array([0.1, 0.9, 0.95, 0.2, 0.0, 0.3]), gold)
     assert half["auroc"] == pytest.approx(3 / 8) and half["p_at_k"] == 0.5
     assert np.isnan(agreement(np.ones(3), np.zeros(3, dtype=bool))["auroc"])
+
+
+def test_significance_counts_the_intervals_that_exclude_zero_among_gold_and_others():
+    def scored(low: float, high: float) -> FeatureScore:
+        return FeatureScore(index=0, text="a", start=0, end=1, score=(low + high) / 2, ci_low=low, ci_high=high, rank=1)
+
+    features = [scored(0.1, 0.3), scored(-0.1, 0.2), scored(-0.5, -0.2), scored(0.0, 0.4), scored(0.2, 0.3)]
+    gold = np.array([1, 1, 0, 0, 0], dtype=bool)
+    assert significance(features, gold) == {"significant_gold": 0.5, "significant_other": pytest.approx(2 / 3)}
+    assert np.isnan(significance(features, np.ones(5, dtype=bool))["significant_other"])
 
 
 def test_mean_ci_brackets_the_mean_and_skips_undefined_values():
@@ -144,6 +154,7 @@ def test_eval_measures_faithfulness_on_the_methods_own_target_too(tiny_model_dir
     record = report["records"][0]
     assert report["faithfulness"]["target"] == "nll"  # the common measure stays the NLL's
     assert -1.0 <= record["target_lds"] <= 1.0 and record["target_topk_minus_random"] != record["topk_minus_random"]
+    assert 0.0 <= record["significant_gold"] <= 1.0 and 0.0 <= record["significant_other"] <= 1.0
     assert report["summary"]["loo"]["target_lds"]["n"] == 1
 
 

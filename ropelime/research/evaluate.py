@@ -142,6 +142,16 @@ def agreement(scores: np.ndarray, gold: np.ndarray) -> dict[str, float]:
             "p_at_k": float(gold[top].mean())}
 
 
+def significance(features: list, gold: np.ndarray) -> dict[str, float]:
+    """The share of gold features, and of the others, whose 95% interval excludes 0 (NaN where there are none)."""
+    from ropelime.reliability import excludes_zero
+
+    gold = np.asarray(gold, dtype=bool)
+    marked = np.array([excludes_zero(f) for f in features], dtype=bool)
+    return {"significant_gold": float(marked[gold].mean()) if gold.any() else float("nan"),
+            "significant_other": float(marked[~gold].mean()) if (~gold).any() else float("nan")}
+
+
 def mean_ci(values: Iterable[float], *, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> dict[str, float]:
     """Mean of the finite values with a percentile bootstrap interval, and how many values it rests on."""
     x = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
@@ -243,6 +253,7 @@ def evaluate_item(item: Item, methods: list[str], config: ExplainConfig, *, budg
             gold = gold_labels(features, item.gold_spans)
             scores = np.array([f.score for f in features])
             record |= {"d": len(features), "gold": int(gold.sum()), **agreement(scores, gold),
+                       **significance(features, gold),
                        "closed_calls": result.cost.closed_model_calls if method == "gsmile" else closed_calls,
                        "surrogate_passes": result.cost.surrogate_forward_passes, "samples": result.diagnostics.samples,
                        "cached_samples": result.cost.cached_samples, "tokens_scored": result.cost.tokens_scored,
@@ -264,7 +275,8 @@ def evaluate_item(item: Item, methods: list[str], config: ExplainConfig, *, budg
 
 
 METRICS = ("auroc", "ap", "p_at_k", "lds", "topk_drop", "random_k_drop", "topk_minus_random",
-           "target_lds", "target_topk_minus_random", "closed_calls", "surrogate_passes", "seconds")
+           "target_lds", "target_topk_minus_random", "significant_gold", "significant_other", "closed_calls",
+           "surrogate_passes", "seconds")
 
 
 def summarise(records: list[dict], methods: list[str], seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
