@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ropelime.research.baselines import gsmile, similarity_target, wmd
-from ropelime.research.evaluate import agreement, gold_labels, hotpotqa_item, load_items, mean_ci, mmlu_item, significance
+from ropelime.research.evaluate import (agreement, gold_labels, hotpotqa_item, load_items, mean_ci, mmlu_item,
+                                        recorded_method, significance)
 from ropelime.features import find_explain_span, split_features
 from ropelime.schema import ExplainConfig, Feature, FeatureScore
 from tests.conftest import DATA
@@ -209,6 +210,16 @@ def test_eval_resume_keeps_the_finished_items_and_evaluates_the_rest(tiny_model_
     assert json.loads(out.read_text()) == second  # the refused run left the report alone
     assert main([*common[:-3], "--resume", "--limit", "1"]) == 2
     assert "--resume continues the report of --json OUT" in capsys.readouterr().err
+
+
+def test_report_heads_record_the_method_the_granularity_resolves_to():
+    unset, written = ExplainConfig(), ExplainConfig(sampler="sparse_k", target="nll", solver="ridge")
+    words = recorded_method(unset, "word")
+    assert words == recorded_method(written, "word")  # a report made when defaults were written out resumes
+    assert (words["sampler"], words["target"], words["solver"], words["k"]) == ("sparse_k", "nll", "ridge", None)
+    sentences = recorded_method(unset, "segments")
+    assert (sentences["sampler"], sentences["target"], sentences["solver"]) == ("loo_pairs", "kl", "differences")
+    assert recorded_method(written, "segments") == words  # given settings are kept as given
 
 
 def test_eval_skip_and_merge_give_the_report_of_all_the_items(tiny_model_dir, tmp_path, mmlu_rows):

@@ -28,6 +28,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from ropelime.cache import ScoreCache
 from ropelime.errors import InputError
 from ropelime.features import find_explain_span, split_features
+from ropelime.samples import resolve_config
 from ropelime.schema import ExplainConfig, Explanation, Feature, Granularity
 from ropelime.surrogate import Surrogate
 
@@ -189,6 +190,15 @@ def method_config(method: str, config: ExplainConfig, budget: int | Literal["d"]
     return config.model_copy(update=update)
 
 
+def recorded_method(config: ExplainConfig, granularity: Granularity) -> dict[str, Any]:
+    """The method as a report's head records it: the target, sampler and solver the items' granularity gives
+    where the config leaves them unset, so reports made before and after a default changed compare as
+    they were run; options resolved per item (k, alpha, kernel width) stay as given."""
+    resolved = resolve_config(config.model_copy(update={"granularity": granularity}), 1)
+    method = config.model_copy(update={name: getattr(resolved, name) for name in ("target", "sampler", "solver")})
+    return method.model_dump(exclude={"segments", "granularity", "time_budget_s", "budget"})
+
+
 def explain_item(item: Item, method: str, config: ExplainConfig, response: str, surrogate: Surrogate,
                  closed: Closed | None, cache: ScoreCache | None = None) -> Explanation:
     """One explanation of the item's fixed response by one method, through `cache` (default: a fresh
@@ -334,8 +344,8 @@ def run_evaluation(items: list[Item], methods: list[str], config: ExplainConfig,
         "precision": surrogate.precision,
         "budget": budget,
         "methods": {m: ("gSMILE as published" if m == "gsmile"
-                        else method_config(m, config, budget, 0).model_dump(
-                            exclude={"segments", "granularity", "time_budget_s", "budget"}))
+                        else recorded_method(method_config(m, config, budget, 0), items[0].granularity if items
+                                             else config.granularity))
                     for m in methods},
         "faithfulness": {**COMMON_FAITHFULNESS, "heldout_masks": heldout},
         "scores": "persistent cache (cost counts only new scoring)" if reuse_scores else "fresh cache per explanation",
