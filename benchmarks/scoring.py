@@ -16,7 +16,8 @@ its own subprocess so its peak memory (max RSS, model weights included) is its o
 - plain: fp32, full-vocabulary logits at every position, fixed-size batches in mask order, no
   reuse (on the first `--plain-prompts` prompts: its throughput does not depend on the mask);
 - engine variants on all prompts: output-only logits, length-bucketed batches and duplicates once
-  (`no reuse`), plus the unperturbed prompt's KV cache reused (`reuse`), in fp32, mixed (bf16
+  (`no reuse`), plus the unperturbed prompt's KV cache reused and perturbed prompts starting from each
+  other's (`reuse`; `reference reuse only` without the latter), in fp32, mixed (bf16
   matrix products under autocast, fp32 weights and residual stream) and bf16, each scoring the response's
   log-probabilities only (what the default NLL target reads), and once also computing the KL and JS
   divergences over the whole vocabulary (`+ KL/JS`, what a KL or JS target needs), and once with
@@ -52,14 +53,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 class EngineRun(NamedTuple):
-    """An engine variant: its precision; whether it reuses the unperturbed prompt's keys and values; whether it
-    also computes the KL and JS divergences over the whole vocabulary (as a KL or JS target needs and the NLL
+    """An engine variant: its precision; whether it reuses the unperturbed prompt's keys and values; whether
+    perturbed prompts also start from each other's (`ropelime.prefix_cache.plan_sharing`); whether it also
+    computes the KL and JS divergences over the whole vocabulary (as a KL or JS target needs and the NLL
     default does not); whether malloc keeps freed memory for the next pass (`ropelime.cheap_forward`)."""
 
     precision: str
     reuse: bool = True
     divergences: bool = False
     keep_memory: bool = True
+    share: bool = True
 
 
 ENGINE_RUNS = {"engine fp32 no reuse": EngineRun("float32", reuse=False),
@@ -67,6 +70,7 @@ ENGINE_RUNS = {"engine fp32 no reuse": EngineRun("float32", reuse=False),
                "engine mixed reuse": EngineRun("mixed"),
                "engine mixed reuse + KL/JS": EngineRun("mixed", divergences=True),
                "engine mixed, malloc frees": EngineRun("mixed", keep_memory=False),
+               "engine mixed, reference reuse only": EngineRun("mixed", share=False),
                "engine bf16 reuse": EngineRun("bfloat16")}
 MATMUL_DTYPE = {"float32": "float32", "mixed": "bfloat16", "bfloat16": "bfloat16"}
 """The dtype of the matrix products of each precision: the peak its GFLOP/s are compared with."""
@@ -213,9 +217,11 @@ def phase_engine(args) -> dict:
 
     from ropelime import surrogate as surrogate_module
 
-    dtype, reuse, divergences, keep_memory = ENGINE_RUNS[args.run]
+    dtype, reuse, divergences, keep_memory, share = ENGINE_RUNS[args.run]
     if not keep_memory:
         surrogate_module.keep_freed_memory = lambda: False  # glibc's default: freed blocks go back to the kernel
+    if not share:
+        surrogate_module.KEPT_BYTES = 0  # no memory to keep scored prompts for others to start from
     surrogate = Surrogate.load(args.surrogate, device=args.device, dtype=dtype)
     surrogate.reuse_prefix = reuse
     ids, prefixes, response = prompts_for(surrogate, load_item(args.data, args.item, args.index), args.budget)

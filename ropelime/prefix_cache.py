@@ -1,9 +1,11 @@
-"""Reuse of the unperturbed prompt's key/value cache across perturbed prompts.
+"""Reuse of key/value caches across the prompts scored for one response.
 
 A perturbed prompt equals the unperturbed one up to its first changed token, and a causal model's
 keys and values there depend only on those tokens (positions included, as RoPE is applied before
 caching). So those positions are computed once, for the unperturbed prompt, and every perturbed
-prompt runs only from its first change on.
+prompt runs only from its first change on. Perturbed prompts also share starts among themselves
+(removing sentences 3 and 17 reads like removing 3 alone up to sentence 17): `plan_sharing` picks
+which scored prompts keep their keys and values for others to start from, within a memory budget.
 
 Batch layout, per row: `[pad][cached keys][pad][new tokens]` where the new tokens all end at the
 same column. Every pad comes before every real token of its row: the second pad only exists when
@@ -15,6 +17,7 @@ instead of computing pads: the same cost.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -50,6 +53,66 @@ class PrefixKV:
         """How many leading tokens of `prefix` can come from this cache (at least its last token is recomputed)."""
         return min(shared_length(self.ids, prefix), len(prefix) - 1)
 
+    @classmethod
+    def from_batch_row(cls, ids: list[int], cache, attention_mask: torch.Tensor, row: int) -> PrefixKV:
+        """Keep the first len(ids) real positions of one row of a batched cache laid out by `layout`."""
+        columns = torch.nonzero(attention_mask[row]).flatten()[:len(ids)]
+        return cls(list(ids), [layer.keys[row:row + 1, :, columns] for layer in cache.layers],
+                   [layer.values[row:row + 1, :, columns] for layer in cache.layers])
+
+    def bytes_per_token(self) -> int:
+        return sum(t[0, :, 0].numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+def best_source(sources: Sequence[PrefixKV], prefix: Sequence[int]) -> tuple[PrefixKV | None, int]:
+    """The cache that serves most of `prefix`'s leading tokens, and how many (None, 0 when none serves any)."""
+    best, most = None, 0
+    for source in sources:
+        n = source.reusable(prefix)
+        if n > most:
+            best, most = source, n
+    return best, most
+
+
+def plan_sharing(prompts: Sequence[Sequence[int]], later: Sequence[Sequence[int]], served: Sequence[int],
+                 served_later: Sequence[int], *, min_gain: int, token_budget: int) -> dict[int, int]:
+    """Which of `prompts` (to be scored now) to keep, and how many leading tokens of each: {index: tokens}.
+
+    A prompt is kept when another prompt — now or `later` — shares at least `min_gain` more leading tokens
+    with it than with the caches that already serve it (`served`, `served_later`: those tokens). A kept
+    prompt is never itself planned to start from another one scored now, so it can go first. Links are
+    taken by gain while the kept tokens fit `token_budget`. The best partner of a prompt among the others
+    is one of its neighbours in sorted order, so only neighbours are compared.
+    """
+    keys = [tuple(p) for p in prompts]
+    order = sorted(range(len(prompts)), key=keys.__getitem__)
+    ranked = [keys[i] for i in order]
+    links = []  # (gain, donor, recipient: ("now", i) or ("later", j), tokens)
+    candidates = [(("now", i), keys[i], served[i]) for i in range(len(prompts))]
+    candidates += [(("later", j), tuple(p), served_later[j]) for j, p in enumerate(later)]
+    for recipient, key, already in candidates:
+        at = bisect.bisect_left(ranked, key)
+        for neighbour in (at - 1, at, at + 1):
+            if 0 <= neighbour < len(order) and recipient != ("now", order[neighbour]):
+                donor = order[neighbour]
+                tokens = min(shared_length(keys[donor], key), len(key) - 1)
+                if tokens - already >= min_gain:
+                    links.append((tokens - already, donor, recipient, tokens))
+    kept: dict[int, int] = {}
+    receiving: set[int] = set()
+    spent = 0
+    for gain, donor, recipient, tokens in sorted(links, key=lambda link: -link[0]):
+        if donor in receiving or (recipient[0] == "now" and recipient[1] in kept):
+            continue
+        extra = max(0, tokens - kept.get(donor, 0))
+        if spent + extra > token_budget:
+            continue
+        spent += extra
+        kept[donor] = max(kept.get(donor, 0), tokens)
+        if recipient[0] == "now":
+            receiving.add(recipient[1])
+    return kept
+
 
 @dataclass
 class BatchLayout:
@@ -82,18 +145,19 @@ def layout(rows: Sequence[list[int]], reusable: Sequence[int], pad_id: int) -> B
     return BatchLayout(input_ids, attention, positions, reused)
 
 
-def batch_cache(prefix: PrefixKV, reused: Sequence[int]):
-    """A transformers DynamicCache holding, for row r, `reused[r]` cached positions, left-padded."""
+def batch_cache(sources: Sequence[PrefixKV | None], reused: Sequence[int]):
+    """A transformers DynamicCache holding, for row r, the first `reused[r]` positions of `sources[r]`, left-padded."""
     from transformers import DynamicCache
 
     width = max(reused)
+    template = next(source for source, n in zip(sources, reused) if n)
     layers = []
-    for keys, values in zip(prefix.keys, prefix.values):
+    for layer, (keys, values) in enumerate(zip(template.keys, template.values)):
         k = keys.new_zeros((len(reused), keys.shape[1], width, keys.shape[3]))
         v = values.new_zeros((len(reused), values.shape[1], width, values.shape[3]))
-        for r, n in enumerate(reused):
+        for r, (source, n) in enumerate(zip(sources, reused)):
             if n:
-                k[r, :, width - n:] = keys[0, :, :n]
-                v[r, :, width - n:] = values[0, :, :n]
+                k[r, :, width - n:] = source.keys[layer][0, :, :n]
+                v[r, :, width - n:] = source.values[layer][0, :, :n]
         layers.append((k, v))
     return DynamicCache(layers)

@@ -191,7 +191,8 @@ def score_masks(
             finished = 0
             try:
                 for batch, batch_scores in surrogate.iter_scores([perturbed[i][0] for i in chunk], response_ids,
-                                                                 reference=reference if divergences else None):
+                                                                 reference=reference if divergences else None,
+                                                                 later=[perturbed[i][0] for i in todo[position + take:]]):
                     cost.surrogate_forward_passes += 1
                     for j, scores in zip(batch, batch_scores):
                         i = chunk[j]

@@ -21,7 +21,7 @@ from ropelime.attention import use_windowed_attention
 from ropelime.catalogue import PromptFormat
 from ropelime.cheap_forward import contiguous_head_input, keep_freed_memory, store_linear_weights_in_bf16
 from ropelime.errors import SurrogateError
-from ropelime.prefix_cache import PrefixKV, batch_cache, layout, shared_length
+from ropelime.prefix_cache import PrefixKV, batch_cache, best_source, layout, plan_sharing, shared_length
 from ropelime.rope import find_rotary, rope_vectors
 from ropelime.schema import EncodedPrompt, TokenScores
 
@@ -32,6 +32,12 @@ LOGIT_BUDGET = 1 << 26
 
 SCORE_CHUNK = 1 << 24
 """Logits turned into scores at once: bounds the temporaries of the divergences."""
+
+MIN_SHARED_GAIN = 32
+"""Fewest extra leading tokens a prompt must share with a scored one for that one's keys and values to be kept."""
+
+KEPT_BYTES = 1 << 29
+"""Memory for the kept keys and values of scored prompts (512 MB), per reference prompt."""
 
 BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}
 """New tokens per forward pass by device type (others: the CPU's). On a CPU, larger batches stop paying
@@ -72,6 +78,8 @@ class Surrogate:
         evaluation harness sets it, so that any target can later be fitted from the cached scores)."""
         self._prefix: PrefixKV | None = None
         """Keys and values of the last unperturbed prompt given to `reference`, reused by `iter_scores`."""
+        self._kept: list[PrefixKV] = []
+        """Keys and values of scored perturbed prompts that later prompts start from (`plan_sharing`)."""
 
     @classmethod
     def load(cls, name: str | None = None, *, device: str | None = None, dtype: str | None = None) -> Surrogate:
@@ -158,8 +166,9 @@ class Surrogate:
         from transformers import DynamicCache
 
         cache = DynamicCache()  # no config: every layer keeps all positions, also sliding-window ones
-        logits = self._forward([list(prefix) + response[:-1]], [0], None, len(response), cache)
+        logits = self._forward([list(prefix) + response[:-1]], [0], [None], len(response), cache)
         self._prefix = PrefixKV.from_cache(prefix, cache)
+        self._kept = []
         return torch.log_softmax(logits[0].float(), dim=-1)
 
     @torch.inference_mode()
@@ -170,36 +179,51 @@ class Surrogate:
         *,
         reference: torch.Tensor | None = None,
         max_batch_tokens: int | None = None,
+        later: Sequence[list[int]] = (),
     ) -> Iterator[tuple[list[int], list[TokenScores]]]:
         """Score the response after each prefix; yields (row indices, scores) batch by batch.
 
-        Identical prefixes are scored once. Rows are grouped by the number of tokens they must
-        compute (after the reusable cached prefix) so padding stays small, with at most
-        `max_batch_tokens` new tokens per batch (default: `BATCH_TOKENS` for the device); the caller may
-        stop between batches.
+        Identical prefixes are scored once. Each prompt starts from the cached keys and values that
+        serve most of its leading tokens: the reference prompt's, or those of prompts scored earlier for
+        the same reference (`plan_sharing` picks which to keep, among these and for the prompts a
+        later call will score, `later`); the kept ones are scored first. Rows are grouped by the number
+        of tokens they must compute so padding stays small, with at most `max_batch_tokens` new tokens
+        per batch (default: `BATCH_TOKENS` for the device); the caller may stop between batches.
         """
         max_batch_tokens = max_batch_tokens or BATCH_TOKENS.get(self.device.type, BATCH_TOKENS["cpu"])
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, prefix in enumerate(prefixes):
             groups.setdefault(tuple(prefix), []).append(i)
         unique = [list(key) for key in groups]
-        cached = self._shared_prefix(unique) if self.reuse_prefix else None
-        reusable = [cached.reusable(p) if cached else 0 for p in unique]
-        work = [len(p) + len(response) - 1 - k for p, k in zip(unique, reusable)]
+        shared = self._shared_prefix(unique) if self.reuse_prefix else None
+        sources = [shared, *self._kept] if shared is not None else []
+        kept = {}
+        if sources:
+            served = [best_source(sources, p)[1] for p in unique]
+            served_later = [best_source(sources, p)[1] for p in later]
+            budget = max(0, KEPT_BYTES // shared.bytes_per_token() - sum(len(k.ids) for k in self._kept))
+            kept = plan_sharing(unique, later, served, served_later, min_gain=MIN_SHARED_GAIN, token_budget=budget)
         max_rows = max(1, LOGIT_BUDGET // (len(response) * self.model.config.get_text_config().vocab_size))
-        batch: list[int] = []
-        for u in sorted(range(len(unique)), key=work.__getitem__):
-            if batch and (work[u] * (len(batch) + 1) > max_batch_tokens or len(batch) == max_rows):
-                yield self._yield_batch(batch, unique, groups, reusable, cached, response, reference)
-                batch = []
-            batch.append(u)
-        if batch:
-            yield self._yield_batch(batch, unique, groups, reusable, cached, response, reference)
+        for phase in ([u for u in range(len(unique)) if u in kept], [u for u in range(len(unique)) if u not in kept]):
+            chosen = {u: best_source(sources, unique[u]) for u in phase}
+            work = {u: len(unique[u]) + len(response) - 1 - chosen[u][1] for u in phase}
+            batch: list[int] = []
+            for u in sorted(phase, key=work.__getitem__):
+                if batch and (work[u] * (len(batch) + 1) > max_batch_tokens or len(batch) == max_rows):
+                    yield self._yield_batch(batch, unique, groups, chosen, kept, response, reference)
+                    batch = []
+                batch.append(u)
+            if batch:
+                yield self._yield_batch(batch, unique, groups, chosen, kept, response, reference)
+            sources = [shared, *self._kept] if shared is not None else []
+        if not later:
+            self._kept = []  # nothing left to start from them: free the memory
 
     def _shared_prefix(self, prefixes: list[list[int]]) -> PrefixKV | None:
         """The cached prefix to reuse: the last reference prompt, else the prefixes' common start."""
         if self._prefix is not None and any(self._prefix.reusable(p) > 0 for p in prefixes):
             return self._prefix
+        self._kept = []  # kept prompts belong to the reference they were scored with
         common = min((shared_length(prefixes[0], p) for p in prefixes), default=0)
         common = min(common, min(len(p) for p in prefixes) - 1)
         if common < 1 or len(prefixes) < 2:
@@ -207,12 +231,20 @@ class Surrogate:
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        self._forward([prefixes[0][:common]], [0], None, 1, cache)
+        self._forward([prefixes[0][:common]], [0], [None], 1, cache)
         return PrefixKV.from_cache(prefixes[0][:common], cache)
 
-    def _yield_batch(self, batch, unique, groups, reusable, cached, response, reference):
-        logits = self._forward([unique[u] + response[:-1] for u in batch], [reusable[u] for u in batch],
-                               cached, len(response))
+    def _yield_batch(self, batch, unique, groups, chosen, kept, response, reference):
+        from transformers import DynamicCache
+
+        keep = any(u in kept for u in batch)
+        cache = DynamicCache() if keep else None
+        logits, layout_used, cache = self._forward(
+            [unique[u] + response[:-1] for u in batch], [chosen[u][1] for u in batch],
+            [chosen[u][0] for u in batch], len(response), cache, returning_cache=True)
+        for r, u in enumerate(batch):
+            if u in kept:
+                self._kept.append(PrefixKV.from_batch_row(unique[u][:kept[u]], cache, layout_used.attention_mask, r))
         scores = self._token_scores(logits, response, reference)
         rows, out = [], []
         for u, row_scores in zip(batch, scores):
@@ -252,19 +284,20 @@ class Surrogate:
         """The context every forward pass of `model` runs in: bfloat16 autocast for 'mixed', else a no-op."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "mixed")
 
-    def _forward(self, rows: list[list[int]], reusable: list[int], cached: PrefixKV | None, keep: int,
-                 cache=None) -> torch.Tensor:
+    def _forward(self, rows: list[list[int]], reusable: list[int], sources: Sequence[PrefixKV | None], keep: int,
+                 cache=None, returning_cache: bool = False):
         """Logits of the last `keep` positions of each row, (B, keep, V), from one batched forward pass.
 
-        Row r reads up to `reusable[r]` leading positions from `cached` instead of computing them;
-        a given `cache` (batch of one, nothing reused) is filled with the row's keys and values.
+        Row r reads its first `reusable[r]` positions from `sources[r]` instead of computing them; a given
+        `cache` (used when nothing is reused) is filled with the rows' keys and values. With
+        `returning_cache`: (logits, the batch layout, the filled cache or None).
         """
         if self.device.type == "cpu":
             keep_freed_memory()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        batch = layout(rows, reusable if cached else [0] * len(rows), pad)
+        batch = layout(rows, reusable, pad)
         if batch.cached_width:
-            cache = batch_cache(cached, batch.reused)
+            cache = batch_cache(sources, batch.reused)
         with self.computing():
             out = self.model(
                 input_ids=batch.input_ids.to(self.device),
@@ -274,7 +307,7 @@ class Surrogate:
                 use_cache=cache is not None,
                 **{self._cache_argument: cache},
             )
-        return out.logits
+        return (out.logits, batch, cache) if returning_cache else out.logits
 
     # ---- RoPE embedding space -------------------------------------------------------------
 

@@ -199,3 +199,35 @@ def test_batches_follow_the_devices_token_budget_and_a_gpu_sized_batch_scores_th
     assert runs["gpu batches"] == 1 < runs["small batches"]
     for i in runs["small"]:
         np.testing.assert_allclose(runs["gpu"][i], runs["small"][i], atol=1e-5)
+
+
+def test_perturbed_prompts_start_from_each_other_exactly(tiny_gemma, monkeypatch):
+    """Pair removals start from the kept keys and values of the single removal that shares their start,
+    within one call and across calls (`later`); the scores stay the plain loop's and the kept memory is freed."""
+    import ropelime.surrogate as surrogate_module
+
+    monkeypatch.setattr(surrogate_module, "MIN_SHARED_GAIN", 2)  # the tiny prompt's sentences are short
+    span = find_explain_span(PROMPT, CONTEXT)
+    features = split_features(PROMPT, "word", explain=span)
+    encoded = tiny_gemma.encode_prompt(PROMPT, None, [(f.start, f.end) for f in features])
+    masks = sample_masks(len(features), "loo_pairs", len(features) + 16, seed=0)
+    prefixes = [perturb_tokens(encoded, m, "delete", tiny_gemma.placeholder_id)[0] for m in masks]
+    response = tiny_gemma.encode_response("Paris is")
+    computed = []
+    forward = tiny_gemma._forward
+    monkeypatch.setattr(tiny_gemma, "_forward", lambda rows, reusable, *a, **k:
+                        computed.extend(len(r) - n for r, n in zip(rows, reusable)) or forward(rows, reusable, *a, **k))
+    singles, pairs = prefixes[:len(features)], prefixes[len(features):]
+    tiny_gemma.reference(encoded.ids, response)
+    from_reference = sum(len(p) + len(response) - 1 - tiny_gemma._prefix.reusable(p) for p in prefixes)
+    computed.clear()
+    rows = {}
+    for batch, scores in tiny_gemma.iter_scores(singles, response, later=pairs, max_batch_tokens=64):
+        rows.update(zip(batch, scores))
+    assert tiny_gemma._kept  # kept for the pairs of the next call
+    for batch, scores in tiny_gemma.iter_scores(pairs, response, max_batch_tokens=64):
+        rows.update((len(singles) + i, s) for i, s in zip(batch, scores))
+    assert not tiny_gemma._kept
+    assert sum(computed) < from_reference  # the pairs computed fewer tokens than from the reference alone
+    for i, prefix in enumerate(prefixes):
+        np.testing.assert_allclose(rows[i].logp, plain_logp(tiny_gemma, prefix, response), atol=1e-4)
