@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ropelime.reliability import NOISE, excludes_zero
-from ropelime.samples import default_method
+from ropelime.samples import DEFAULT_METHOD
 from ropelime.schema import Explanation, FeatureScore
 from ropelime.targets import TARGETS, Target
 from ropelime.verify import summary_lines
@@ -122,7 +122,7 @@ def heatmap_text(explanation: Explanation) -> Text:
 def target_of(explanation: Explanation) -> Target:
     """The target the explanation's scores measure."""
     config = explanation.config
-    return TARGETS[config.target or default_method(config.granularity)["target"]]
+    return TARGETS[config.target or DEFAULT_METHOD["target"]]
 
 
 def _meaning(explanation: Explanation) -> dict[str, str]:

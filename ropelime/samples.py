@@ -107,30 +107,22 @@ def output_positions(response: str, offsets: list[tuple[int, int]], output_span:
 UNSET_DEFAULTS = ("target", "sampler", "solver", "k", "alpha", "kernel_width")
 """Options whose default is written as None and chosen per explanation (`resolve_config`)."""
 
-WORD_METHOD = {"target": "nll", "sampler": "sparse_k"}
-SEGMENT_METHOD = {"target": "kl", "sampler": "loo_pairs"}
-
-
-def default_method(granularity: str) -> dict[str, str]:
-    """The target and sampler when none is given (the solver follows the sampler).
-
-    Sentences, paragraphs and segments: each feature's KL divergence when it alone is removed, with pair
-    masks for the intervals (docs/EVALUATION.md §8.12, §8.14: on HotpotQA the divergence beat the NLL on both
-    surrogates, and single removals beat the linear fit over sparse_k's masks, on the ranking against gold
-    and on predicting the KL of held-out masks). Words: the response's NLL fitted over sparse_k's masks, where
-    neither KL nor single removals did better (MMLU, §8.11)."""
-    return WORD_METHOD if granularity == "word" else SEGMENT_METHOD
+DEFAULT_METHOD = {"target": "kl", "sampler": "loo_pairs"}
+"""The target and sampler when none is given (the solver follows the sampler), at every granularity: each
+feature's KL divergence when it alone is removed, with pair masks for the intervals. Measured best on
+HotpotQA's sentences (docs/EVALUATION.md §8.12–8.15: on both surrogates, on the ranking against gold and on
+predicting the KL of held-out masks) and on MMLU's words (§8.16: +0.13 on Gemma 3 270M and the 1.5B, a tie on
+the 0.5B, against sparse_k's masks fitted to the NLL)."""
 
 
 def resolve_config(config: ExplainConfig, d: int) -> ExplainConfig:
     """The config with the values an explanation over d features uses in place of None: the target and
-    sampler (from the granularity), the solver (the sampler's), sparse_k's k, the ridge/lasso alpha and the
+    sampler (`DEFAULT_METHOD`), the solver (the sampler's), sparse_k's k, the ridge/lasso alpha and the
     kernel width (None stays where the option does not apply)."""
-    method = default_method(config.granularity)
-    sampler = config.sampler or method["sampler"]
+    sampler = config.sampler or DEFAULT_METHOD["sampler"]
     solver = config.solver or SAMPLERS[sampler].solver
     resolved = {
-        "target": config.target or method["target"],
+        "target": config.target or DEFAULT_METHOD["target"],
         "sampler": sampler,
         "solver": solver,
         "k": min(config.k or default_k(d), max(d - 1, 1)) if SAMPLERS[sampler].uses_k else config.k,
@@ -141,12 +133,13 @@ def resolve_config(config: ExplainConfig, d: int) -> ExplainConfig:
 
 
 def _identity_config(config: ExplainConfig, d: int) -> ExplainConfig:
-    """The config with resolved values that equal the defaults written as None, so that a config and its
-    resolved copy (`resolve_config`) name the same explanation."""
-    defaults = resolve_config(config.model_copy(update=dict.fromkeys(UNSET_DEFAULTS)), d)
+    """The config with each resolved value that equals its default given the other values (ridge's alpha for
+    ridge, whatever the sampler) written as None, so that a config and its resolved copy (`resolve_config`)
+    name the same explanation, and a refit with another solver or kernel gets that one's defaults."""
     resolved = resolve_config(config, d)
-    return resolved.model_copy(update={name: None for name in UNSET_DEFAULTS
-                                       if getattr(resolved, name) == getattr(defaults, name)})
+    return resolved.model_copy(update={
+        name: None for name in UNSET_DEFAULTS
+        if getattr(resolve_config(resolved.model_copy(update={name: None}), d), name) == getattr(resolved, name)})
 
 
 def explanation_id(prompt: str, system: str | None, span: tuple[int, int], response: str,

@@ -46,8 +46,7 @@ class ExplainConfig(BaseModel):
     sampler: Sampler | None = Field(None, description="how the perturbation masks are drawn (sparse_k: a few "
                                     "features removed each, balanced coverage; loo: one at a time; loo_pairs: one "
                                     "at a time, then pairs for the intervals; bernoulli: each feature kept with "
-                                    "probability 1/2); unset = chosen from the granularity: loo_pairs for "
-                                    "sentences, paragraphs and segments, sparse_k for words (measured best)")
+                                    "probability 1/2); unset = loo_pairs (measured best at every granularity)")
     budget: int = Field(64, ge=1, le=100_000, description="perturbed prompts to score (loo uses one per feature, "
                         "loo_pairs one per feature and at least 16 pairs); more is slower and steadier")
     k: int | None = Field(None, ge=1, description="sparse_k: largest number of features removed per mask; "
@@ -57,8 +56,7 @@ class ExplainConfig(BaseModel):
     target: Target | None = Field(None, description="what is measured per perturbed prompt (nll: mean negative "
                                   "log-likelihood of the response, signed: support or opposition; logit_prob: its "
                                   "log-odds; kl, js: divergence of the next-token distributions, unsigned: how much "
-                                  "the answer rests on a feature); unset = chosen from the granularity: kl for "
-                                  "sentences, paragraphs and segments, nll for words (measured best)")
+                                  "the answer rests on a feature); unset = kl (measured best at every granularity)")
     kernel: Kernel = Field("rwmd_rope", description="locality weighting of the perturbed prompts (rwmd_rope: "
                            "relaxed word mover's distance in RoPE embedding space; cosine: LIME's; uniform: none)")
     kernel_width: float | None = Field(None, gt=0, description="sigma of the locality kernel; unset = the kernel's default")

@@ -4,8 +4,8 @@
 # the default and LOO, Bernoulli-1/2 for the ContextCite style) and the held-out masks; every other run refits
 # those cached scores with the KL target, Bernoulli masks with KL and ridge, or (MMLU) the answer's letter only
 # (no new surrogate pass but the top-k removal masks).
-# Every run names its target and sampler: the default ones depend on the granularity (KL and loo_pairs for
-# HotpotQA's sentences, NLL and sparse_k for MMLU's words), and these reports compare targets on the same masks.
+# Every run names its target and sampler: these reports compare targets on the same sparse_k masks, and the
+# default (KL with loo_pairs at every granularity, docs/EVALUATION.md 8.15-8.16) came after most of them.
 # Usage: scripts/eval_quality.sh TASK N SURROGATE        e.g. scripts/eval_quality.sh mmlu 20 qwen2.5-coder-0.5b
 set -e
 TASK=${1:?task (mmlu or hotpotqa)}

@@ -7,7 +7,7 @@ TASK=${1:?task}
 N=${2:?number of items}
 case $TASK in mmlu) FILE=mmlu_decisive_dev.jsonl ;; hotpotqa) FILE=hotpotqa_dev.jsonl ;; *) exit 2 ;; esac
 DATA=${DATA:-../shared/data/$FILE}
-TARGET=${TARGET:-nll}  # the target the reports in docs/results ran with (the default is now per granularity)
+TARGET=${TARGET:-nll}  # the target the reports in docs/results ran with (the default is now kl with loo_pairs)
 SAMPLER=${SAMPLER:-sparse_k}  # and the sampler (likewise)
 OUT=${OUT:-docs/results/sweeps}
 mkdir -p "$OUT"

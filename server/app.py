@@ -23,7 +23,7 @@ from ropelime.options import choices, with_method_parameters
 from ropelime.render import to_html
 from ropelime.catalogue import DEFAULT_SURROGATE
 from ropelime.schema import ExplainConfig, Explanation, Sampler
-from ropelime.samples import default_method
+from ropelime.samples import DEFAULT_METHOD
 from ropelime.verify import check_request
 from ropelime_server.engine import (EngineOptions, engine_of, lifespan_for, run_job, tool_errors,
                                     validation_problems)
@@ -92,8 +92,7 @@ def options_document(options: EngineOptions) -> dict:
         **{name: choices(name) for name in ("sampler", "target", "kernel", "perturb", "solver")},
         "direction": list(get_args(Direction)),
         "defaults": {**defaults.model_dump(exclude={"segments", "time_budget_s"}),
-                     **{option: {g: default_method(g)[option] for g in get_args(ToolGranularity)}  # unset: per
-                        for option in ("target", "sampler")},                                     # granularity
+                     **DEFAULT_METHOD,
                      "solver": "the sampler's: differences for loo_pairs, else ridge",
                      "time_budget_s": DEFAULT_TIME_BUDGET_S},
         "compare_samplers_defaults": {"samplers": list(DEFAULT_SAMPLERS), "budgets": list(DEFAULT_BUDGETS),

@@ -138,7 +138,7 @@ def test_eval_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path, mmlu_rows, 
         assert 0.0 <= record["auroc"] <= 1.0 and -1.0 <= record["lds"] <= 1.0
         assert record["closed_calls"] == 0 and record["surrogate_passes"] >= 1
         same = (record["target_lds"], record["target_topk_minus_random"]) == (record["lds"], record["topk_minus_random"])
-        assert same == (record["method"] != "contextcite")  # words fit the NLL, ContextCite style its logit-prob
+        assert not same  # measured on the NLL and on each method's own target: KL (default), logit-prob (ContextCite)
     loo = [r for r in report["records"] if r["method"] == "loo"]
     assert all(r["samples"] == r["d"] + 1 for r in loo)
     assert report["summary"]["ropelime"]["auroc"]["n"] == 2
@@ -164,7 +164,7 @@ def test_eval_budget_d_equals_the_number_of_features(tiny_model_dir, tmp_path, m
 
     out = tmp_path / "report.json"
     assert main(["eval", "mmlu", "--data", str(MMLU), "--limit", "1", "--budget", "d", "--heldout", "0",
-                 "--surrogate", str(tiny_model_dir), "--device", "cpu", "--json", str(out)]) == 0
+                 "--sampler", "sparse_k", "--surrogate", str(tiny_model_dir), "--device", "cpu", "--json", str(out)]) == 0
     record = json.loads(out.read_text())["records"][0]
     assert record["samples"] == record["d"] + 1 and "lds" not in record
 
@@ -205,21 +205,21 @@ def test_eval_resume_keeps_the_finished_items_and_evaluates_the_rest(tiny_model_
     assert {r["id"] for r in second["records"][2:]} != {first["records"][0]["id"]}
     assert all(r["surrogate_passes"] > 0 for r in second["records"][2:])
     capsys.readouterr()
-    assert main([*common, "--limit", "2", "--target", "kl"]) == 2
+    assert main([*common, "--limit", "2", "--target", "nll"]) == 2
     assert "other settings (methods differ)" in capsys.readouterr().err
     assert json.loads(out.read_text()) == second  # the refused run left the report alone
     assert main([*common[:-3], "--resume", "--limit", "1"]) == 2
     assert "--resume continues the report of --json OUT" in capsys.readouterr().err
 
 
-def test_report_heads_record_the_method_the_granularity_resolves_to():
-    unset, written = ExplainConfig(), ExplainConfig(sampler="sparse_k", target="nll", solver="ridge")
-    words = recorded_method(unset, "word")
-    assert words == recorded_method(written, "word")  # a report made when defaults were written out resumes
-    assert (words["sampler"], words["target"], words["solver"], words["k"]) == ("sparse_k", "nll", "ridge", None)
-    sentences = recorded_method(unset, "segments")
-    assert (sentences["sampler"], sentences["target"], sentences["solver"]) == ("loo_pairs", "kl", "differences")
-    assert recorded_method(written, "segments") == words  # given settings are kept as given
+def test_report_heads_record_the_default_method_written_out():
+    unset, written = ExplainConfig(), ExplainConfig(sampler="loo_pairs", target="kl", solver="differences")
+    default = recorded_method(unset)
+    assert default == recorded_method(written)  # a report made when the defaults were written out resumes
+    assert (default["sampler"], default["target"], default["solver"], default["k"]) == ("loo_pairs", "kl",
+                                                                                          "differences", None)
+    linear = recorded_method(ExplainConfig(sampler="sparse_k", target="nll"))
+    assert (linear["sampler"], linear["target"], linear["solver"]) == ("sparse_k", "nll", "ridge")
 
 
 def test_eval_skip_and_merge_give_the_report_of_all_the_items(tiny_model_dir, tmp_path, mmlu_rows):

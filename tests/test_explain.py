@@ -40,7 +40,7 @@ def test_explanation_covers_the_explainable_part(tiny_surrogate, cache):
     assert sorted(f.rank for f in result.features) == list(range(1, len(words) + 1))
     assert result.top(1)[0].rank == 1
     assert result.explain_start == PROMPT.index(CONTEXT)
-    assert result.diagnostics.samples == result.diagnostics.planned_samples == 25
+    assert result.diagnostics.samples == result.diagnostics.planned_samples == 1 + len(words) + 16  # loo_pairs
     assert result.diagnostics.complete
     assert result.cost.closed_model_calls == 0 and result.cost.surrogate_forward_passes > 0
     assert result.cost.tokens_scored > 0
@@ -57,16 +57,17 @@ def test_repeating_an_explanation_costs_no_surrogate_pass(tiny_surrogate, cache)
     assert [f.score for f in again.features] == [f.score for f in first.features]
 
 
-@pytest.mark.parametrize("option", [{"seed": 1}, {"sampler": "bernoulli"}, {"target": "kl"}, {"perturb": "placeholder"},
+@pytest.mark.parametrize("option", [{"seed": 1}, {"sampler": "bernoulli"}, {"target": "nll"}, {"perturb": "placeholder"},
                                     {"kernel_cost": "cosine"}, {"kernel_normalise": False}])
 def test_the_id_changes_with_the_method(tiny_surrogate, cache, option):
     assert run(tiny_surrogate, cache, **option).id != run(tiny_surrogate, cache).id
 
 
 def test_the_kernel_cost_and_normalisation_only_change_the_fit(tiny_surrogate, cache):
-    first = run(tiny_surrogate, cache)
+    linear = {"sampler": "sparse_k", "target": "nll"}  # a weighted linear fit (differences ignore the kernel)
+    first = run(tiny_surrogate, cache, **linear)
     for option in ({"kernel_cost": "cosine"}, {"kernel_normalise": False}):
-        again = run(tiny_surrogate, cache, **option)
+        again = run(tiny_surrogate, cache, **linear, **option)
         assert again.cost.surrogate_forward_passes == 0 and again.cost.cached_samples == again.diagnostics.samples
         assert again.config.model_dump(include=set(option)) == option
         assert [f.score for f in again.features] != [f.score for f in first.features]
@@ -74,7 +75,7 @@ def test_the_kernel_cost_and_normalisation_only_change_the_fit(tiny_surrogate, c
     part = ropelime.refit(again, "France", surrogate=tiny_surrogate, cache=cache)
     assert part.config == again.config and part.cost.surrogate_forward_passes == 0
     # raw distances far beyond the kernel width leave only the unperturbed prompt: said, not silent
-    narrow = run(tiny_surrogate, cache, kernel_normalise=False, kernel_width=1e-4)
+    narrow = run(tiny_surrogate, cache, **linear, kernel_normalise=False, kernel_width=1e-4)
     assert all(f.score == 0 for f in narrow.features)
     assert any("widen the locality kernel" in note for note in narrow.diagnostics.notes)
 
@@ -213,13 +214,14 @@ def test_converged_ranking_stops_early_and_says_so(tiny_surrogate, cache):
 
 
 def test_the_config_records_the_values_used_and_the_id_does_not_depend_on_writing_them(tiny_surrogate, cache):
-    result = run(tiny_surrogate, cache)
+    result = run(tiny_surrogate, cache, sampler="sparse_k")
     d = len(result.features)
     assert result.config.k == -(-d // 4) and result.config.alpha == 1.0 and result.config.kernel_width == 0.5
     assert '"k":null' not in result.model_dump_json().replace(" ", "")
-    explicit = run(tiny_surrogate, cache, k=result.config.k, alpha=1.0, kernel_width=0.5)
+    explicit = run(tiny_surrogate, cache, sampler="sparse_k", k=result.config.k, alpha=1.0, kernel_width=0.5,
+                   solver="ridge", target="kl")
     assert explicit.id == result.id  # the same inputs, written out or not
-    assert run(tiny_surrogate, cache, k=2).id != result.id
+    assert run(tiny_surrogate, cache, sampler="sparse_k", k=2).id != result.id
     resumed = ropelime.explain(PROMPT, RESPONSE, explain=CONTEXT, config=result.config, surrogate=tiny_surrogate,
                                cache=cache)
     assert resumed.id == result.id and resumed.cost.surrogate_forward_passes == 0
@@ -227,11 +229,11 @@ def test_the_config_records_the_values_used_and_the_id_does_not_depend_on_writin
     assert uniform.config.kernel_width is None and uniform.config.alpha is None and uniform.config.k is None
 
 
-def test_the_target_follows_the_granularity_unless_given(tiny_surrogate, cache):
-    """Unset, the target is the KL divergence for sentences and the NLL for words; the result records the
-    target used, writing the default out names the same explanation, and a given target is kept."""
+def test_the_target_is_the_divergence_unless_given(tiny_surrogate, cache):
+    """Unset, the target is the KL divergence at every granularity; the result records the target used,
+    writing the default out names the same explanation, and a given target is kept."""
     words, sentences = run(tiny_surrogate, cache), run(tiny_surrogate, cache, granularity="sentence", budget=8)
-    assert (words.config.target, sentences.config.target) == ("nll", "kl")
+    assert (words.config.target, sentences.config.target) == ("kl", "kl")
     assert run(tiny_surrogate, cache, granularity="sentence", budget=8, target="kl").id == sentences.id
     signed = run(tiny_surrogate, cache, granularity="sentence", budget=8, target="nll")
     assert signed.config.target == "nll" and signed.id != sentences.id
@@ -240,10 +242,10 @@ def test_the_target_follows_the_granularity_unless_given(tiny_surrogate, cache):
     assert not any("target" in note for note in signed.diagnostics.notes)
 
 
-def test_sentences_default_to_single_removals_with_pair_intervals(tiny_surrogate, cache):
-    """Unset, sentences use loo_pairs masks and the differences solver (each score is the KL change when the
-    sentence alone is removed); writing that out names the same explanation; the same scores refit by ridge
-    need no scoring; words keep sparse_k and ridge; a given sampler brings its own solver."""
+def test_the_default_is_single_removals_with_pair_intervals(tiny_surrogate, cache):
+    """Unset, sentences and words use loo_pairs masks and the differences solver (each score is the KL change
+    when the feature alone is removed); writing that out names the same explanation; the same scores refit
+    by ridge need no scoring; a given sampler brings its own solver."""
     sentences = run(tiny_surrogate, cache, granularity="sentence", budget=8)
     d = len(sentences.features)
     assert (sentences.config.sampler, sentences.config.solver, sentences.config.alpha) == ("loo_pairs", "differences",
@@ -259,7 +261,7 @@ def test_sentences_default_to_single_removals_with_pair_intervals(tiny_surrogate
     assert (ridge.config.sampler, ridge.config.solver, ridge.config.alpha) == ("loo_pairs", "ridge", 1.0)
     assert [f.score for f in ridge.features] != [f.score for f in sentences.features]
     words = run(tiny_surrogate, cache)
-    assert (words.config.sampler, words.config.solver) == ("sparse_k", "ridge")
+    assert (words.config.sampler, words.config.solver) == ("loo_pairs", "differences")
     assert run(tiny_surrogate, cache, granularity="sentence", sampler="bernoulli", budget=8).config.solver == "ridge"
 
 

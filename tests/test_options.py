@@ -94,8 +94,7 @@ async def test_tool_parameters_are_the_config_fields(server):
     for name in ("sampler", "target", "kernel", "perturb", "solver"):
         assert options[name] == choices(name)
     assert options["defaults"] == {**DEFAULTS.model_dump(exclude={"segments", "time_budget_s"}),
-                                   "target": {"word": "nll", "sentence": "kl", "paragraph": "kl"},
-                                   "sampler": {"word": "sparse_k", "sentence": "loo_pairs", "paragraph": "loo_pairs"},
+                                   "target": "kl", "sampler": "loo_pairs",
                                    "solver": "the sampler's: differences for loo_pairs, else ridge",
                                    "time_budget_s": TOOL_DEFAULTS["time_budget_s"]}
 

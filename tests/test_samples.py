@@ -13,7 +13,8 @@ from ropelime.errors import InputError
 CONTEXT = "The sky is blue. Paris is the capital of France. Cats sleep a lot. The bridge was designed by Mara."
 PROMPT = f"Context: {CONTEXT}\nQuestion: What is the capital of France?"
 RESPONSE = "Paris is the capital of France."
-METHOD = {"granularity": "word", "budget": 24}
+METHOD = {"granularity": "word", "budget": 24, "sampler": "sparse_k", "target": "nll"}
+"""A linear fit over many masks, the refit this module is about (the default fits single removals)."""
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def test_a_refit_with_other_fit_options_equals_a_new_explanation(tiny_surrogate,
     samples = ropelime.score(PROMPT, RESPONSE, explain=CONTEXT, surrogate=tiny_surrogate, cache=cache, **METHOD)
     refitted = ropelime.fit_samples(samples, **option)
     explained = ropelime.explain(PROMPT, RESPONSE, explain=CONTEXT, surrogate=tiny_surrogate, cache=cache,
-                                 **METHOD, **option)
+                                 **{**METHOD, **option})
     assert comparable(refitted) == comparable(explained)
     assert [f.score for f in refitted.features] != [f.score for f in ropelime.fit_samples(samples).features]
 

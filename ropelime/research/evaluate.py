@@ -190,11 +190,11 @@ def method_config(method: str, config: ExplainConfig, budget: int | Literal["d"]
     return config.model_copy(update=update)
 
 
-def recorded_method(config: ExplainConfig, granularity: Granularity) -> dict[str, Any]:
-    """The method as a report's head records it: the target, sampler and solver the items' granularity gives
-    where the config leaves them unset, so reports made before and after a default changed compare as
-    they were run; options resolved per item (k, alpha, kernel width) stay as given."""
-    resolved = resolve_config(config.model_copy(update={"granularity": granularity}), 1)
+def recorded_method(config: ExplainConfig) -> dict[str, Any]:
+    """The method as a report's head records it: the default target, sampler and solver written out where the
+    config leaves them unset, so reports made before and after a default changed compare as they were run;
+    options resolved per item (k, alpha, kernel width) stay as given."""
+    resolved = resolve_config(config, 1)
     method = config.model_copy(update={name: getattr(resolved, name) for name in ("target", "sampler", "solver")})
     return method.model_dump(exclude={"segments", "granularity", "time_budget_s", "budget"})
 
@@ -344,8 +344,7 @@ def run_evaluation(items: list[Item], methods: list[str], config: ExplainConfig,
         "precision": surrogate.precision,
         "budget": budget,
         "methods": {m: ("gSMILE as published" if m == "gsmile"
-                        else recorded_method(method_config(m, config, budget, 0), items[0].granularity if items
-                                             else config.granularity))
+                        else recorded_method(method_config(m, config, budget, 0)))
                     for m in methods},
         "faithfulness": {**COMMON_FAITHFULNESS, "heldout_masks": heldout},
         "scores": "persistent cache (cost counts only new scoring)" if reuse_scores else "fresh cache per explanation",
