@@ -19,8 +19,8 @@ its own subprocess so its peak memory (max RSS, model weights included) is its o
   (`no reuse`), plus the unperturbed prompt's KV cache reused and perturbed prompts starting from each
   other's (`reuse`; `reference reuse only` without the latter), in fp32, mixed (bf16
   matrix products under autocast, fp32 weights and residual stream) and bf16, each scoring the response's
-  log-probabilities only (what the default NLL target reads), and once also computing the KL and JS
-  divergences over the whole vocabulary (`+ KL/JS`, what a KL or JS target needs), and once with
+  log-probabilities only (what an NLL target reads), once also computing the KL divergence over the
+  whole vocabulary (`+ KL`, what the default KL target reads), once the KL and the JS (`+ KL/JS`), and once with
   glibc's default of handing freed memory back to the kernel (`malloc frees`);
 - explain: `ropelime.explain` end to end with default settings and a fresh score cache; for
   HotpotQA also with a 40 s time budget, then a second call that resumes from the cache
@@ -54,13 +54,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 class EngineRun(NamedTuple):
     """An engine variant: its precision; whether it reuses the unperturbed prompt's keys and values; whether
-    perturbed prompts also start from each other's (`ropelime.prefix_cache.plan_sharing`); whether it also
-    computes the KL and JS divergences over the whole vocabulary (as a KL or JS target needs and the NLL
-    default does not); whether malloc keeps freed memory for the next pass (`ropelime.cheap_forward`)."""
+    perturbed prompts also start from each other's (`ropelime.prefix_cache.plan_sharing`); which divergences
+    over the whole vocabulary it also computes (the default KL target reads "kl", a JS target "js", the NLL
+    none); whether malloc keeps freed memory for the next pass (`ropelime.cheap_forward`)."""
 
     precision: str
     reuse: bool = True
-    divergences: bool = False
+    divergences: frozenset[str] = frozenset()
     keep_memory: bool = True
     share: bool = True
 
@@ -68,7 +68,8 @@ class EngineRun(NamedTuple):
 ENGINE_RUNS = {"engine fp32 no reuse": EngineRun("float32", reuse=False),
                "engine fp32 reuse": EngineRun("float32"),
                "engine mixed reuse": EngineRun("mixed"),
-               "engine mixed reuse + KL/JS": EngineRun("mixed", divergences=True),
+               "engine mixed reuse + KL": EngineRun("mixed", divergences=frozenset({"kl"})),
+               "engine mixed reuse + KL/JS": EngineRun("mixed", divergences=frozenset({"kl", "js"})),
                "engine mixed, malloc frees": EngineRun("mixed", keep_memory=False),
                "engine mixed, reference reuse only": EngineRun("mixed", share=False),
                "engine bf16 reuse": EngineRun("bfloat16")}
@@ -232,7 +233,8 @@ def phase_engine(args) -> dict:
     started = time.perf_counter()
     with profiling:
         reference = surrogate.reference(ids, response)
-        for batch, scores in surrogate.iter_scores(prefixes, response, reference=reference if divergences else None):
+        for batch, scores in surrogate.iter_scores(prefixes, response, reference=reference if divergences else None,
+                                                   divergences=divergences):
             for i, s in zip(batch, scores):
                 logp[i] = s.logp.tolist()
     seconds = time.perf_counter() - started

@@ -51,9 +51,8 @@ def digest(*parts: object) -> str:
 
 def _pack(scores: TokenScores) -> bytes:
     buffer = io.BytesIO()
-    arrays = {"logp": scores.logp}
-    if scores.kl is not None:
-        arrays |= {"kl": scores.kl, "js": scores.js}
+    arrays = {"logp": scores.logp} | {name: values for name in ("kl", "js")
+                                      if (values := getattr(scores, name)) is not None}
     np.savez(buffer, **arrays)
     return buffer.getvalue()
 

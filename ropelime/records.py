@@ -34,9 +34,13 @@ class EncodedPrompt:
     """Indices of the tokens that come from the prompt text (not chat scaffolding)."""
 
 
+DIVERGENCES = frozenset({"kl", "js"})
+"""The divergences from a reference distribution that scoring can compute (`TokenScores` fields)."""
+
+
 @dataclass
 class TokenScores:
-    """Per response token: log p(y_t) and, when a reference was given, KL and JS to it."""
+    """Per response token: log p(y_t) and, when a reference was given, the divergences asked for (KL, JS) to it."""
 
     logp: np.ndarray
     kl: np.ndarray | None = None

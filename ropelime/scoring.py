@@ -23,11 +23,12 @@ from ropelime.features import find_explain_span, split_features
 from ropelime.kernels import KERNELS
 from ropelime.perturb import perturb_tokens
 from ropelime.prefix_cache import shared_length
+from ropelime.records import DIVERGENCES
 from ropelime.samples import Inputs, ScoredSamples, output_positions, resolve_config
 from ropelime.schema import Cost, EncodedPrompt, ExplainConfig, Feature, SurrogateInfo, TokenScores
 from ropelime.settings import Limits
 from ropelime.surrogate import Surrogate
-from ropelime.targets import needs_divergences, support_sign, target_vector
+from ropelime.targets import divergences_read, support_sign, target_vector
 
 CONVERGE_EVERY = 8
 """With converge_top_k: masks scored between two checks of the top-k ranking (fixed, so the result
@@ -150,11 +151,14 @@ def score_masks(
     context = digest(surrogate.name, surrogate.precision, encoded.ids, response_ids)
     keys = [digest(ids) for ids, _ in perturbed]
 
-    divergences = needs_divergences(config.target) or surrogate.keep_divergences
+    divergences = divergences_read(config.target) | (DIVERGENCES if surrogate.keep_divergences else frozenset())
     cached = cache.get_many(context, keys)
-    # scores cached without divergences do not serve a target that needs them: those masks are scored again
-    rows: list[TokenScores | None] = [row if row is None or row.kl is not None or not divergences else None
-                                      for row in map(cached.get, keys)]
+    # scores cached without a divergence the target reads do not serve it: those masks are scored again, keeping
+    # the divergences they had
+    complete = {key: all(getattr(row, name) is not None for name in divergences) for key, row in cached.items()}
+    divergences |= {name for key, row in cached.items() if not complete[key] for name in DIVERGENCES
+                    if getattr(row, name) is not None}
+    rows: list[TokenScores | None] = [cached[key] if complete.get(key) else None for key in keys]
     cost.cached_samples += sum(r is not None for r in rows)
     done = sum(r is not None for r in rows)
     if progress:
@@ -192,6 +196,7 @@ def score_masks(
             try:
                 for batch, batch_scores in surrogate.iter_scores([perturbed[i][0] for i in chunk], response_ids,
                                                                  reference=reference if divergences else None,
+                                                                 divergences=divergences,
                                                                  later=[perturbed[i][0] for i in todo[position + take:]]):
                     cost.surrogate_forward_passes += 1
                     for j, scores in zip(batch, batch_scores):

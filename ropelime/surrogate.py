@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from ropelime.catalogue import PromptFormat
 from ropelime.cheap_forward import contiguous_head_input, keep_freed_memory, store_linear_weights_in_bf16
 from ropelime.errors import SurrogateError
 from ropelime.prefix_cache import PrefixKV, batch_cache, best_source, layout, plan_sharing, shared_length
+from ropelime.records import DIVERGENCES
 from ropelime.rope import find_rotary, rope_vectors
 from ropelime.schema import EncodedPrompt, TokenScores
 
@@ -180,6 +181,7 @@ class Surrogate:
         reference: torch.Tensor | None = None,
         max_batch_tokens: int | None = None,
         later: Sequence[list[int]] = (),
+        divergences: Collection[str] = DIVERGENCES,
     ) -> Iterator[tuple[list[int], list[TokenScores]]]:
         """Score the response after each prefix; yields (row indices, scores) batch by batch.
 
@@ -188,7 +190,8 @@ class Surrogate:
         the same reference (`plan_sharing` picks which to keep, among these and for the prompts a
         later call will score, `later`); the kept ones are scored first. Rows are grouped by the number
         of tokens they must compute so padding stays small, with at most `max_batch_tokens` new tokens
-        per batch (default: `BATCH_TOKENS` for the device); the caller may stop between batches.
+        per batch (default: `BATCH_TOKENS` for the device); the caller may stop between batches. Given the
+        `reference` distributions, the `divergences` to them ("kl", "js") are computed too.
         """
         max_batch_tokens = max_batch_tokens or BATCH_TOKENS.get(self.device.type, BATCH_TOKENS["cpu"])
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -210,11 +213,11 @@ class Surrogate:
             batch: list[int] = []
             for u in sorted(phase, key=work.__getitem__):
                 if batch and (work[u] * (len(batch) + 1) > max_batch_tokens or len(batch) == max_rows):
-                    yield self._yield_batch(batch, unique, groups, chosen, kept, response, reference)
+                    yield self._yield_batch(batch, unique, groups, chosen, kept, response, reference, divergences)
                     batch = []
                 batch.append(u)
             if batch:
-                yield self._yield_batch(batch, unique, groups, chosen, kept, response, reference)
+                yield self._yield_batch(batch, unique, groups, chosen, kept, response, reference, divergences)
             sources = [shared, *self._kept] if shared is not None else []
         if not later:
             self._kept = []  # nothing left to start from them: free the memory
@@ -234,7 +237,7 @@ class Surrogate:
         self._forward([prefixes[0][:common]], [0], [None], 1, cache)
         return PrefixKV.from_cache(prefixes[0][:common], cache)
 
-    def _yield_batch(self, batch, unique, groups, chosen, kept, response, reference):
+    def _yield_batch(self, batch, unique, groups, chosen, kept, response, reference, divergences):
         from transformers import DynamicCache
 
         keep = any(u in kept for u in batch)
@@ -245,7 +248,7 @@ class Surrogate:
         for r, u in enumerate(batch):
             if u in kept:
                 self._kept.append(PrefixKV.from_batch_row(unique[u][:kept[u]], cache, layout_used.attention_mask, r))
-        scores = self._token_scores(logits, response, reference)
+        scores = self._token_scores(logits, response, reference, divergences)
         rows, out = [], []
         for u, row_scores in zip(batch, scores):
             for i in groups[tuple(unique[u])]:
@@ -253,20 +256,23 @@ class Surrogate:
                 out.append(row_scores)
         return rows, out
 
-    def _token_scores(self, logits: torch.Tensor, response: list[int], reference) -> list[TokenScores]:
-        """log p of each response token and, given the reference (T, V), KL and JS to it; a few rows at a time."""
+    def _token_scores(self, logits: torch.Tensor, response: list[int], reference,
+                      divergences: Collection[str] = DIVERGENCES) -> list[TokenScores]:
+        """log p of each response token and, given the reference (T, V), the `divergences` to it; a few rows at a time."""
         target = torch.tensor(response, device=logits.device)
         if reference is not None:
             p_ref = reference.exp()
-            ref_entropy = -torch.special.xlogy(p_ref, p_ref).sum(-1)
+            if "js" in divergences:
+                ref_entropy = -torch.special.xlogy(p_ref, p_ref).sum(-1)
         rows: list[TokenScores] = []
         step = max(1, SCORE_CHUNK // (logits.shape[1] * logits.shape[2]))
         for start in range(0, len(logits), step):
             logprobs = torch.log_softmax(logits[start:start + step].float(), dim=-1)
             token_logp = logprobs.gather(-1, target.expand(len(logprobs), -1).unsqueeze(-1)).squeeze(-1)
             kl = js = None
-            if reference is not None:
+            if reference is not None and "kl" in divergences:
                 kl = (p_ref * (reference - logprobs)).sum(-1)
+            if reference is not None and "js" in divergences:
                 q = logprobs.exp()
                 mix = 0.5 * (p_ref + q)
                 # JS = H(mix) - (H(p) + H(q)) / 2

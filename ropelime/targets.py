@@ -23,14 +23,14 @@ Positions = slice | np.ndarray
 @dataclass(frozen=True)
 class Target:
     """`function(scores, positions) -> float`; `sign` = -1 for loss-like targets (lower = more support);
-    `divergent`: it reads the divergences from the unperturbed prompt's next-token distributions (KL, JS),
-    which scoring computes over the whole vocabulary only for such targets; `note`: what a reader of its
+    `divergences`: the divergences from the unperturbed prompt's next-token distributions it reads ("kl",
+    "js"), which scoring computes over the whole vocabulary only for such targets; `note`: what a reader of its
     scores should know (added to the explanation's notes); `positive`, `negative`: what a positive and a
     negative score say, for legends."""
 
     function: Callable[[TokenScores, Positions], float]
     sign: float = -1.0
-    divergent: bool = False
+    divergences: frozenset[str] = frozenset()
     note: str | None = None
     positive: str = "supports"
     negative: str = "opposes"
@@ -67,9 +67,9 @@ UNSIGNED = ("target {}: a score says how much the answer rests on the feature (h
 TARGETS: Registry[Target] = Registry("target", {
     "nll": Target(nll, -1.0),
     "logit_prob": Target(logit_prob, 1.0),
-    "kl": Target(_divergence("kl"), -1.0, divergent=True, note=UNSIGNED, positive="answer rests on it",
+    "kl": Target(_divergence("kl"), -1.0, divergences=frozenset({"kl"}), note=UNSIGNED, positive="answer rests on it",
                  negative="does not"),
-    "js": Target(_divergence("js"), -1.0, divergent=True, note=UNSIGNED, positive="answer rests on it",
+    "js": Target(_divergence("js"), -1.0, divergences=frozenset({"js"}), note=UNSIGNED, positive="answer rests on it",
                  negative="does not"),
 }, wrap=Target)
 """The targets by name (the choices of `ExplainConfig.target`); a bare function given as a target is loss-like."""
@@ -86,9 +86,9 @@ def support_sign(target: str) -> float:
     return TARGETS[target].sign
 
 
-def needs_divergences(target: str) -> bool:
-    """Whether the target reads the KL and JS divergences, not only the response's log-probabilities."""
-    return TARGETS[target].divergent
+def divergences_read(target: str) -> frozenset[str]:
+    """The divergences ("kl", "js") the target reads besides the response's log-probabilities."""
+    return TARGETS[target].divergences
 
 
 def target_value(scores: TokenScores, target: str, positions: Positions = slice(None)) -> float:

@@ -34,10 +34,10 @@ DEFAULT_TIME_BUDGET_S = 40.0
 """Hosts such as Claude Desktop cancel a call at about 60 s: stop scoring well before and say how to continue."""
 
 INSTRUCTIONS = """RoPE-LIME explains which parts of a prompt an answer rests on. A small local surrogate model
-scores the fixed answer under many perturbations of the prompt; a weighted linear fit gives every
-word, sentence or paragraph a score with a 95% interval: positive = the answer rests on it (for
-sentences and paragraphs, by default, how much the answer depends on it whatever its direction;
-for words, or with target=nll, whether it supports or opposes the answer).
+scores the fixed answer with each word, sentence or paragraph removed alone (and in pairs, for the
+intervals); every feature gets a score with a 95% interval: positive = the answer rests on it (by
+default how much the answer depends on it whatever its direction; with target=nll, whether it
+supports or opposes the answer).
 Call explain_response with the prompt and the answer (or a model to ask once), then top_features
 with its explanation_id, optionally for one part of the answer (output_span). Long prompts may come
 back INCOMPLETE after the time budget: call again with continue_from to resume from cached scores.
@@ -100,10 +100,9 @@ def options_document(options: EngineOptions) -> dict:
         "meaning": {
             "score": "positive = the response rests on the feature (target nll: supports it; kl, js: how much the "
                      "response depends on it, whatever its direction); ci_low/ci_high = 95% interval",
-            "sparse_k": "each perturbation removes a few features, balanced coverage (default for words)",
+            "sparse_k": "each perturbation removes a few features, balanced coverage (fitted by ridge)",
             "loo": "remove one feature at a time (budget does not apply)",
-            "loo_pairs": "remove one feature at a time, then pairs of features for the intervals (default for "
-                         "sentences and paragraphs)",
+            "loo_pairs": "remove one feature at a time, then pairs of features for the intervals (the default)",
             "differences": "a feature's score is the change when it alone is removed; its interval, how far pairs "
                            "depart from the sum of their parts",
             "bernoulli": "keep each feature with probability 1/2 (LIME, ContextCite)",

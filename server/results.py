@@ -56,7 +56,7 @@ def explanation_text(explanation: Explanation, k: int = 5) -> str:
     source = f"from {explanation.closed_model}" if explanation.response_source == "closed_model" else "given"
     target = target_of(explanation)
     supporting = [f for f in explanation.top(k, "supporting") if f.score > 0]
-    opposing = [] if target.divergent else [f for f in explanation.top(3, "opposing") if f.score < 0]  # unsigned
+    opposing = [] if target.divergences else [f for f in explanation.top(3, "opposing") if f.score < 0]  # unsigned
     lines = [
         f"explanation_id: {explanation.id} — {status(explanation)}",
         f"response ({source}): {shorten(explanation.response, 300)!r}",
@@ -66,7 +66,7 @@ def explanation_text(explanation: Explanation, k: int = 5) -> str:
         lines.append(reliability)
     head = f"{len(explanation.features)} {explanation.config.granularity} features; "
     if supporting:
-        label = "the answer rests on" if target.divergent else "supporting"
+        label = "the answer rests on" if target.divergences else "supporting"
         lines += [head + f"top {len(supporting)} {label} (score [95% interval]):", *feature_lines(supporting)]
     else:
         lines.append(head + "none supports the response (no positive score)")

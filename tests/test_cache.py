@@ -73,8 +73,9 @@ def test_corrupt_entries_are_recomputed(tiny_surrogate, tmp_path, caplog):
 
 
 def test_divergences_are_computed_only_for_targets_that_read_them(tiny_surrogate, tmp_path):
-    """An NLL explanation stores log-probabilities alone; a KL one scores those masks again and stores the
-    divergences, which then serve both targets; the NLL attribution is the same either way."""
+    """An NLL explanation stores log-probabilities alone; a KL one scores those masks again and stores the KL
+    alone; a JS one scores them again keeping the KL; then every target is served from the cache, and the NLL
+    attribution is the same either way."""
     cache = ScoreCache(tmp_path / "scores.sqlite")
 
     def stored() -> list[TokenScores]:
@@ -87,9 +88,12 @@ def test_divergences_are_computed_only_for_targets_that_read_them(tiny_surrogate
     assert stored() and all(row.kl is None and row.js is None for row in stored())
     kl = ropelime.explain(PROMPT, RESPONSE, surrogate=tiny_surrogate, cache=cache, budget=6, target="kl")
     assert kl.cost.cached_samples == 0 and kl.cost.surrogate_forward_passes > 0
-    assert all(row.kl is not None and row.js is not None for row in stored())
-    again = ropelime.explain(PROMPT, RESPONSE, surrogate=tiny_surrogate, cache=cache, budget=6, target="nll")
-    assert again.cost.surrogate_forward_passes == 0
+    assert all(row.kl is not None and row.js is None for row in stored())
+    js = ropelime.explain(PROMPT, RESPONSE, surrogate=tiny_surrogate, cache=cache, budget=6, target="js")
+    assert js.cost.cached_samples == 0 and all(row.kl is not None and row.js is not None for row in stored())
+    for target in ("kl", "js", "nll"):
+        again = ropelime.explain(PROMPT, RESPONSE, surrogate=tiny_surrogate, cache=cache, budget=6, target=target)
+        assert again.cost.surrogate_forward_passes == 0
     assert [f.score for f in again.features] == pytest.approx([f.score for f in nll.features], abs=1e-5)  # batching: fp32 noise
     cache.close()
 
