@@ -61,6 +61,7 @@ class PrefixKV:
                    [layer.values[row:row + 1, :, columns] for layer in cache.layers])
 
     def bytes_per_token(self) -> int:
+        """Memory one cached position takes over all layers' keys and values."""
         return sum(t[0, :, 0].numel() * t.element_size() for t in (*self.keys, *self.values))
 
 
