@@ -106,6 +106,11 @@ def test_kept_freed_memory_spares_the_page_faults_of_repeated_passes():
 
     if not keep_freed_memory():
         pytest.skip("no glibc mallopt here")
-    faults = {mode: int(subprocess.run([sys.executable, "-c", FAULTS_PER_PASS, mode], capture_output=True, text=True,
-                                       check=True, timeout=300).stdout.split()[-1]) for mode in ("default", "keep")}
-    assert faults["keep"] * 5 < faults["default"], faults
+    def faults(mode: str) -> int:
+        return int(subprocess.run([sys.executable, "-c", FAULTS_PER_PASS, mode], capture_output=True, text=True,
+                                  check=True, timeout=300).stdout.split()[-1])
+
+    # the median of three processes per mode: one process's count now and then moves several-fold with the
+    # machine's memory state (a CI run saw 12k faults with glibc's default against the usual 165k)
+    counts = {mode: sorted(faults(mode) for _ in range(3)) for mode in ("default", "keep")}
+    assert counts["keep"][1] * 5 < counts["default"][1], counts
