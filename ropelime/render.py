@@ -28,6 +28,8 @@ _COOL: tuple[RGB, RGB] = ((150, 190, 228), (33, 82, 162))
 """Opposing colours at half and at full intensity (light blue, deep blue)."""
 _HEAT_TITLE = "prompt — warm: {positive}, cool: {negative}"
 _TABLE_CAPTION = "rank 1 = highest score ({positive}), {d} = lowest ({negative}) · * = 95% interval excludes 0"
+_DIRECTION_CAPTION = (" · direction: the response is less likely without the feature (supports) or more likely"
+                      " (opposes), by this many nats per token; unclear where the 95% interval straddles 0")
 _VERDICT_STYLE = {"high": "bold green", "medium": "bold yellow", "low": "bold red"}
 
 
@@ -136,7 +138,8 @@ def _heat_title(explanation: Explanation) -> str:
 
 
 def _table_caption(explanation: Explanation) -> str:
-    return _TABLE_CAPTION.format(d=len(explanation.features), **_meaning(explanation))
+    caption = _TABLE_CAPTION.format(d=len(explanation.features), **_meaning(explanation))
+    return caption + (_DIRECTION_CAPTION if _unsigned(explanation) else "")
 
 
 def _verdicts(explanation: Explanation) -> dict[int, str]:
@@ -156,12 +159,27 @@ def top_table(explanation: Explanation, k: int = 10) -> Table:
     table.add_column("score", justify="right", no_wrap=True)
     table.add_column("95% interval", justify="right", no_wrap=True)
     table.add_column("", no_wrap=True)
+    directed = _unsigned(explanation)
+    if directed:
+        table.add_column("direction", no_wrap=True)
     if verdicts:
         table.add_column("closed model", no_wrap=True)
     for f in shown:
         table.add_row(str(f.rank), Text(_shorten(f.text)), Text(number(f.score), style=_rich_style(f.score, scale)),
-                      _ci(f), "*" if excludes_zero(f) else "", *([verdicts.get(f.index, "")] if verdicts else []))
+                      _ci(f), "*" if excludes_zero(f) else "", *([direction_text(f)] if directed else []),
+                      *([verdicts.get(f.index, "")] if verdicts else []))
     return table
+
+
+def _unsigned(explanation: Explanation) -> bool:
+    """Whether the scores are unsigned and the features carry their likelihood effect (explanations stored
+    before it existed do not)."""
+    return any(f.likelihood_effect is not None for f in explanation.features)
+
+
+def direction_text(feature: FeatureScore) -> str:
+    """`supports +0.12`: the feature's direction and its effect on the response's likelihood (nats per token)."""
+    return "" if feature.likelihood_effect is None else f"{feature.direction} {number(feature.likelihood_effect)}"
 
 
 def _summary_parts(explanation: Explanation) -> tuple[str, list[str], list[str]]:
@@ -228,7 +246,8 @@ def _style_attr(score: float, scale: float) -> str:
 
 
 def _tooltip(f: FeatureScore) -> str:
-    return f"score {number(f.score)}, 95% interval {_ci(f)}, rank {f.rank}"
+    direction = f", {direction_text(f)} (likelihood)" if f.likelihood_effect is not None else ""
+    return f"score {number(f.score)}, 95% interval {_ci(f)}, rank {f.rank}{direction}"
 
 
 def _html_prompt(explanation: Explanation, scale: float) -> str:
@@ -247,16 +266,17 @@ def _html_legend(explanation: Explanation, scale: float) -> str:
 
 
 def _html_top(explanation: Explanation, scale: float, k: int = 20) -> str:
-    verdicts = _verdicts(explanation)
+    verdicts, directed = _verdicts(explanation), _unsigned(explanation)
     rows = "".join(
         f'<tr><td class="num">{f.rank}</td><td>{_esc(_shorten(f.text, 120))}</td>'
         f'<td class="num" style="{_style_attr(f.score, scale)}">{number(f.score)}</td>'
         f'<td class="num">{_esc(_ci(f))}</td><td>{"*" if excludes_zero(f) else ""}</td>'
+        + (f"<td>{_esc(direction_text(f))}</td>" if directed else "")
         + (f"<td>{_esc(verdicts.get(f.index, ''))}</td>" if verdicts else "") + "</tr>"
         for f in shown_features(explanation, k))
-    verified = "<th>closed model</th>" if verdicts else ""
+    extra = ("<th>direction</th>" if directed else "") + ("<th>closed model</th>" if verdicts else "")
     return ("<table><thead><tr><th>rank</th><th>feature</th><th>score</th><th>95% interval</th><th></th>"
-            f"{verified}</tr></thead><tbody>{rows}</tbody></table>"
+            f"{extra}</tr></thead><tbody>{rows}</tbody></table>"
             f'<p class="facts">{_esc(_table_caption(explanation))}</p>')
 
 

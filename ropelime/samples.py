@@ -17,13 +17,13 @@ import numpy as np
 from ropelime.anytime import record_fit
 from ropelime.cache import digest
 from ropelime.errors import InputError
-from ropelime.fit import SOLVERS, fit_linear
+from ropelime.fit import SOLVERS, LinearFit, fit_linear
 from ropelime.kernels import KERNELS, kernel_weights
 from ropelime.reliability import assess
 from ropelime.samplers import SAMPLERS, default_k
-from ropelime.schema import (Cost, Diagnostics, ExplainConfig, Explanation, Feature, FeatureScore, SurrogateInfo,
-                             TokenScores)
-from ropelime.targets import support_sign, target_notes, target_vector
+from ropelime.schema import (Cost, Diagnostics, Direction, ExplainConfig, Explanation, Feature, FeatureScore,
+                             SurrogateInfo, TokenScores)
+from ropelime.targets import TARGETS, support_sign, target_notes, target_vector
 
 BOOTSTRAP = 200
 """Bootstrap draws of the fit's intervals."""
@@ -187,13 +187,20 @@ def fit_samples(samples: ScoredSamples, *, output_span: str | None = None, notes
                      bootstrap=BOOTSTRAP)
     if SOLVERS[config.solver].closed_form:
         record_fit(len(samples.masks), d, BOOTSTRAP, time.perf_counter() - fit_started)
-    sign = support_sign(config.target)
-    scores = sign * fit.coef
-    low, high = np.minimum(sign * fit.ci_low, sign * fit.ci_high), np.maximum(sign * fit.ci_low, sign * fit.ci_high)
+    scores, low, high = as_support(fit, config.target)
+    if TARGETS[config.target].signed:
+        effect, directions = None, directions_of(low, high)
+    else:  # the direction an unsigned score lacks: the same fit on the response's likelihood, from the same scores
+        nll_fit = fit_linear(samples.masks, target_vector(samples.scores, "nll", positions), weights,
+                             solver=config.solver, alpha=config.alpha, seed=config.seed, bootstrap=BOOTSTRAP)
+        effect, effect_low, effect_high = as_support(nll_fit, "nll")
+        directions = directions_of(effect_low, effect_high)
     ranks = np.empty(d, dtype=int)
     ranks[np.argsort(-scores, kind="stable")] = np.arange(1, d + 1)
     features = [FeatureScore(**f.model_dump(), score=float(scores[i]), ci_low=float(low[i]), ci_high=float(high[i]),
-                             rank=int(ranks[i])) for i, f in enumerate(samples.features)]
+                             rank=int(ranks[i]), likelihood_effect=None if effect is None else float(effect[i]),
+                             direction=directions[i])
+                for i, f in enumerate(samples.features)]
     diagnostics = Diagnostics(r2=fit.r2, samples=len(samples.scores), planned_samples=samples.planned,
                               complete=samples.complete, surrogate_nll=float(-samples.scores[0].logp[positions].mean()),
                               notes=[*fit.notes, *sampling_notes(samples, config), *target_notes(config.target),
@@ -210,6 +217,18 @@ def fit_samples(samples: ScoredSamples, *, output_span: str | None = None, notes
         provenance={"ropelime": version("ropelime"), "torch": version("torch"),
                     "transformers": version("transformers"), "seed": str(config.seed)},
     )
+
+
+def as_support(fit: LinearFit, target: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fit's coefficients and interval ends turned into support for the response under `target`."""
+    sign = support_sign(target)
+    ends = sign * fit.ci_low, sign * fit.ci_high
+    return sign * fit.coef, np.minimum(*ends), np.maximum(*ends)
+
+
+def directions_of(low: np.ndarray, high: np.ndarray) -> list[Direction]:
+    """`supports` where an interval of support lies above 0, `opposes` below, else `unclear`."""
+    return ["supports" if lo > 0 else "opposes" if hi < 0 else "unclear" for lo, hi in zip(low, high)]
 
 
 def sampling_notes(samples: ScoredSamples, config: ExplainConfig) -> list[str]:

@@ -29,13 +29,23 @@ Solver = Annotated[str, SOLVERS]
 PromptFormatChoice = Literal["auto", "chat", "plain"]
 
 
+Direction = Literal["supports", "opposes", "unclear"]
+
+
 class FeatureScore(Feature):
-    """A feature with its attribution; positive score = the feature supports the response."""
+    """A feature with its attribution; a positive score = the feature supports the response (under a signed
+    target) or the answer rests on it (kl, js)."""
 
     score: float
     ci_low: float
     ci_high: float
-    rank: int = Field(description="1 = strongest support")
+    rank: int = Field(description="1 = highest score")
+    likelihood_effect: float | None = Field(None, description="kl, js: the same fit on the response's mean negative "
+                                            "log-likelihood, as support: > 0 the feature makes the response more "
+                                            "likely, < 0 less likely; None under a signed target (the score is that)")
+    direction: Direction | None = Field(None, description="whether the feature supports or opposes the response: "
+                                        "the 95% interval of its likelihood effect (kl, js) or of its score lies "
+                                        "above or below 0, or straddles it (unclear)")
 
 
 class ExplainConfig(BaseModel):
@@ -192,9 +202,13 @@ class Explanation(BaseModel):
                                                                 "(verify=K), or None")
 
     def top(self, k: int = 5, direction: Literal["supporting", "opposing", "both"] = "supporting") -> list[FeatureScore]:
-        """The k features with the strongest support (or opposition, or either)."""
+        """The k features with the highest scores (supporting), the largest |score| (both), or the strongest
+        opposition: the lowest scores, or under kl/js the highest among those whose removal makes the response
+        more likely (negative likelihood effect)."""
         if direction == "supporting":
             ordered = sorted(self.features, key=lambda f: -f.score)
+        elif direction == "opposing" and any(f.likelihood_effect is not None for f in self.features):
+            ordered = sorted((f for f in self.features if (f.likelihood_effect or 0.0) < 0), key=lambda f: -f.score)
         elif direction == "opposing":
             ordered = sorted(self.features, key=lambda f: f.score)
         else:

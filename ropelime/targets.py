@@ -24,13 +24,16 @@ Positions = slice | np.ndarray
 class Target:
     """`function(scores, positions) -> float`; `sign` = -1 for loss-like targets (lower = more support);
     `divergences`: the divergences from the unperturbed prompt's next-token distributions it reads ("kl",
-    "js"), which scoring computes over the whole vocabulary only for such targets; `note`: what a reader of its
-    scores should know (added to the explanation's notes); `positive`, `negative`: what a positive and a
-    negative score say, for legends."""
+    "js"), which scoring computes over the whole vocabulary only for such targets; `signed`: whether a score
+    says if a feature supports or opposes the response (if not, only how much the answer rests on it, and the
+    explanation adds each feature's effect on the response's likelihood); `note`: what a reader of its scores
+    should know (added to the explanation's notes); `positive`, `negative`: what a positive and a negative
+    score say, for legends."""
 
     function: Callable[[TokenScores, Positions], float]
     sign: float = -1.0
     divergences: frozenset[str] = frozenset()
+    signed: bool = True
     note: str | None = None
     positive: str = "supports"
     negative: str = "opposes"
@@ -60,17 +63,17 @@ def _divergence(name: str) -> Callable[[TokenScores, Positions], float]:
 
 UNSIGNED = ("target {}: a score says how much the answer rests on the feature (how far the surrogate's "
             "next-token distributions move without it), not whether it argues for or against the answer; "
-            "target nll gives that direction")
+            "each feature's likelihood_effect (the same fit on the response's NLL) gives that direction")
 """The note of the divergence targets ({} = the target's name)."""
 
 
 TARGETS: Registry[Target] = Registry("target", {
     "nll": Target(nll, -1.0),
     "logit_prob": Target(logit_prob, 1.0),
-    "kl": Target(_divergence("kl"), -1.0, divergences=frozenset({"kl"}), note=UNSIGNED, positive="answer rests on it",
-                 negative="does not"),
-    "js": Target(_divergence("js"), -1.0, divergences=frozenset({"js"}), note=UNSIGNED, positive="answer rests on it",
-                 negative="does not"),
+    "kl": Target(_divergence("kl"), -1.0, divergences=frozenset({"kl"}), signed=False, note=UNSIGNED,
+                 positive="answer rests on it", negative="does not"),
+    "js": Target(_divergence("js"), -1.0, divergences=frozenset({"js"}), signed=False, note=UNSIGNED,
+                 positive="answer rests on it", negative="does not"),
 }, wrap=Target)
 """The targets by name (the choices of `ExplainConfig.target`); a bare function given as a target is loss-like."""
 

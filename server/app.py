@@ -36,8 +36,8 @@ DEFAULT_TIME_BUDGET_S = 40.0
 INSTRUCTIONS = """RoPE-LIME explains which parts of a prompt an answer rests on. A small local surrogate model
 scores the fixed answer with each word, sentence or paragraph removed alone (and in pairs, for the
 intervals); every feature gets a score with a 95% interval: positive = the answer rests on it (by
-default how much the answer depends on it whatever its direction; with target=nll, whether it
-supports or opposes the answer).
+default how much the answer depends on it whatever its direction, and a direction: whether it makes
+the answer more likely (supports) or less (opposes); with target=nll the score itself is signed).
 Call explain_response with the prompt and the answer (or a model to ask once), then top_features
 with its explanation_id, optionally for one part of the answer (output_span). Long prompts may come
 back INCOMPLETE after the time budget: call again with continue_from to resume from cached scores.
@@ -100,6 +100,9 @@ def options_document(options: EngineOptions) -> dict:
         "meaning": {
             "score": "positive = the response rests on the feature (target nll: supports it; kl, js: how much the "
                      "response depends on it, whatever its direction); ci_low/ci_high = 95% interval",
+            "direction": "supports / opposes / unclear: whether the response is less or more likely without the "
+                         "feature (95% interval above or below 0, or straddling it); likelihood_effect (kl, js) = "
+                         "that change in nats per token",
             "sparse_k": "each perturbation removes a few features, balanced coverage (fitted by ridge)",
             "loo": "remove one feature at a time (budget does not apply)",
             "loo_pairs": "remove one feature at a time, then pairs of features for the intervals (the default)",
@@ -193,8 +196,9 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
         ctx: Context,
         explanation_id: Annotated[str, Field(description="the explanation_id returned by explain_response")],
         k: Annotated[int, Field(ge=1, le=1000, description="how many features to return")] = 5,
-        direction: Annotated[Direction, Field(description="supporting (highest scores), opposing (lowest), "
-                                                          "or both (largest |score|)")] = "supporting",
+        direction: Annotated[Direction, Field(description="supporting (highest scores), opposing (lowest; under "
+                                                          "kl/js the highest among features whose removal makes the "
+                                                          "answer more likely), or both (largest |score|)")] = "supporting",
         output_span: Annotated[str | None, Field(description="a part of the response, copied exactly: attribute only "
                                                              "that part of the answer, from the cached scores "
                                                              "(no new surrogate pass)")] = None,

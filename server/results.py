@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from ropelime.compare import Comparison
-from ropelime.render import number, reliability_line, target_of
+from ropelime.render import direction_text, number, reliability_line, target_of
 from ropelime.schema import Explanation, FeatureScore
 from ropelime.verify import summary_lines
 
@@ -36,8 +36,10 @@ def shorten(text: str, width: int = _LINE) -> str:
 
 
 def feature_lines(features: list[FeatureScore]) -> list[str]:
-    """`#rank score [low, high] 'text'`, one line per feature."""
-    return [f"#{f.rank} {number(f.score)} [{number(f.ci_low)}, {number(f.ci_high)}] {shorten(f.text)!r}"
+    """`#rank score [low, high] 'text'`, one line per feature; under kl/js the direction before the text
+    (`supports +0.12 'text'`: the response's likelihood effect)."""
+    return [f"#{f.rank} {number(f.score)} [{number(f.ci_low)}, {number(f.ci_high)}] "
+            f"{direction_text(f) + ' ' if f.likelihood_effect is not None else ''}{shorten(f.text)!r}"
             for f in features]
 
 
@@ -50,13 +52,21 @@ def status(explanation: Explanation) -> str:
             f"call explain_response again with continue_from={explanation.id!r} (or the same arguments) to resume")
 
 
+def opposes(feature: FeatureScore, signed: bool) -> bool:
+    """Whether to list the feature as opposing: a negative score under a signed target; under kl/js a likelihood
+    effect whose interval lies below 0 (nothing for explanations stored before that effect was recorded)."""
+    if feature.likelihood_effect is not None:
+        return feature.direction == "opposes"
+    return signed and feature.score < 0
+
+
 def explanation_text(explanation: Explanation, k: int = 5) -> str:
     """What the model needs from an explanation in a few lines."""
     c, d = explanation.cost, explanation.diagnostics
     source = f"from {explanation.closed_model}" if explanation.response_source == "closed_model" else "given"
     target = target_of(explanation)
     supporting = [f for f in explanation.top(k, "supporting") if f.score > 0]
-    opposing = [] if target.divergences else [f for f in explanation.top(3, "opposing") if f.score < 0]  # unsigned
+    opposing = [f for f in explanation.top(3, "opposing") if opposes(f, target.signed)]
     lines = [
         f"explanation_id: {explanation.id} — {status(explanation)}",
         f"response ({source}): {shorten(explanation.response, 300)!r}",
@@ -66,7 +76,7 @@ def explanation_text(explanation: Explanation, k: int = 5) -> str:
         lines.append(reliability)
     head = f"{len(explanation.features)} {explanation.config.granularity} features; "
     if supporting:
-        label = "the answer rests on" if target.divergences else "supporting"
+        label = "supporting" if target.signed else "the answer rests on"
         lines += [head + f"top {len(supporting)} {label} (score [95% interval]):", *feature_lines(supporting)]
     else:
         lines.append(head + "none supports the response (no positive score)")

@@ -238,6 +238,39 @@ def test_the_tool_text_lists_support_and_opposition_once_each(explanation):
     assert "none supports the response" in explanation_text(none)
 
 
+def _with_directions(explanation: Explanation, effects: list[tuple[float, str]]) -> Explanation:
+    """An unsigned (kl) explanation whose features carry these (likelihood effect, direction) pairs."""
+    features = [f.model_copy(update=dict(likelihood_effect=effect, direction=direction))
+                for f, (effect, direction) in zip(explanation.features, effects)]
+    return explanation.model_copy(update={"features": features, "config": ExplainConfig(target="kl")})
+
+
+def test_unsigned_scores_show_their_direction_everywhere(explanation):
+    """Under kl the answer rests on a feature whatever its direction: the table, the page, the tool text and
+    top(opposing) read the direction off the likelihood effect, not off the (unsigned) score."""
+    from ropelime_server.results import explanation_text
+
+    resting = _with_scores(explanation, [(2.5, 1.1, 3.9), (0.8, 0.1, 1.5), (0.05, -0.4, 0.5)])
+    directed = _with_directions(resting, [(0.31, "supports"), (-0.12, "opposes"), (0.01, "unclear")])
+    console = Console(record=True, width=250)
+    print_explanation(directed, console)
+    terminal = console.export_text()
+    assert "supports +0.31" in terminal and "opposes -0.12" in terminal and "direction:" in terminal
+    page = html.unescape(to_html(directed))
+    assert "<th>direction</th>" in page and "<td>opposes -0.12</td>" in page
+    assert [f.index for f in directed.top(3, "opposing")] == [1]  # the only one whose removal makes it likelier
+    text = explanation_text(directed, k=5)
+    resting_on, opposing = text.split("most opposing:")
+    assert "supports +0.31 'The <b>bridge</b>" in resting_on and "opposes -0.12 'Tolls are" in resting_on
+    assert opposing.count("Tolls are") == 1 and "bridge" not in opposing
+    unclear = _with_directions(resting, [(0.31, "supports"), (-0.12, "unclear"), (0.01, "unclear")])
+    assert "most opposing" not in explanation_text(unclear, k=5)  # a negative effect within its interval is not listed
+    stored_before = resting.model_copy(update={"config": ExplainConfig(target="kl")})  # no likelihood effects
+    console = Console(record=True, width=250)
+    print_explanation(stored_before, console)
+    assert "direction" not in console.export_text() and "most opposing" not in explanation_text(stored_before)
+
+
 @pytest.mark.parametrize("target, positive, negative", [("nll", "supports", "opposes"),
                                                         ("kl", "answer rests on it", "does not")])
 def test_legends_say_what_a_score_means_under_the_target(explanation, target, positive, negative):

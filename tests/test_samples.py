@@ -69,3 +69,26 @@ def test_options_that_choose_what_is_scored_are_refused(tiny_surrogate, cache):
         ropelime.fit_samples(samples, kernel="rwmd_rope")
     with pytest.raises(InputError, match="not a substring of the response"):
         ropelime.fit_samples(samples, output_span="Lyon")
+
+
+@pytest.mark.parametrize("method", [{"granularity": "word", "budget": 40},  # the default: loo_pairs, differences, kl
+                                    {**METHOD, "target": "js"}])
+def test_an_unsigned_score_comes_with_its_direction_on_the_likelihood(tiny_surrogate, cache, method):
+    """Under kl/js each feature also gets the same fit on the response's NLL (its likelihood effect) and a
+    direction read off that fit's interval; under the NLL itself the direction is the score's own."""
+    samples = ropelime.score(PROMPT, RESPONSE, explain=CONTEXT, surrogate=tiny_surrogate, cache=cache, **method)
+    unsigned = ropelime.fit_samples(samples)
+    on_nll = ropelime.fit_samples(samples, target="nll")
+    assert [f.score for f in unsigned.features] != [f.score for f in on_nll.features]
+    for divergence, nll in zip(unsigned.features, on_nll.features, strict=True):
+        assert divergence.likelihood_effect == pytest.approx(nll.score, abs=1e-12)
+        assert divergence.direction == nll.direction
+        assert nll.likelihood_effect is None
+        expected = "supports" if nll.ci_low > 0 else "opposes" if nll.ci_high < 0 else "unclear"
+        assert nll.direction == expected
+    assert {f.direction for f in on_nll.features} >= {"supports", "opposes"}  # the tiny model's scores go both ways
+    opposing = unsigned.top(3, "opposing")
+    assert opposing and all(f.likelihood_effect < 0 for f in opposing)
+    assert [f.score for f in opposing] == sorted((f.score for f in opposing), reverse=True)
+    assert [f.index for f in on_nll.top(3, "opposing")] == [f.index for f in sorted(on_nll.features,
+                                                                                   key=lambda f: f.score)[:3]]
