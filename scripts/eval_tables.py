@@ -33,9 +33,12 @@ COLUMNS = [("auroc", "AUROC", 3), ("ap", "AP", 3), ("p_at_k", "P@k", 3), ("lds",
            ("topk_minus_random", "top-k − random-k drop", 3), ("target_lds", "LDS on its target", 3),
            ("target_topk_minus_random", "top-k − random-k on its target", 3),
            ("significant_gold", "gold with interval excluding 0", 2), ("significant_other", "others excluding 0", 2),
+           ("supports_gold", "gold: supports", 2), ("opposes_gold", "gold: opposes", 2),
+           ("supports_other", "others: supports", 2), ("opposes_other", "others: opposes", 2),
            ("closed_calls", "closed calls", 1),
            ("surrogate_passes", "surrogate passes", 1), ("seconds", "s / item", 1)]
-OPTIONAL_COLUMNS = {"target_lds", "target_topk_minus_random", "significant_gold", "significant_other"}
+OPTIONAL_COLUMNS = {"target_lds", "target_topk_minus_random", "significant_gold", "significant_other", "supports_gold",
+                    "opposes_gold", "supports_other", "opposes_other"}
 """Columns shown only when a report has them (reports before they were measured lack them)."""
 
 NO_VALUES = {"mean": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0}

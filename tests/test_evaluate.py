@@ -74,13 +74,17 @@ def test_agreement_on_planted_scores():
     assert np.isnan(agreement(np.ones(3), np.zeros(3, dtype=bool))["auroc"])
 
 
-def test_significance_counts_the_intervals_that_exclude_zero_among_gold_and_others():
-    def scored(low: float, high: float) -> FeatureScore:
-        return FeatureScore(index=0, text="a", start=0, end=1, score=(low + high) / 2, ci_low=low, ci_high=high, rank=1)
+def test_significance_counts_the_intervals_that_exclude_zero_and_the_directions_among_gold_and_others():
+    def scored(low: float, high: float, direction: str | None = None) -> FeatureScore:
+        return FeatureScore(index=0, text="a", start=0, end=1, score=(low + high) / 2, ci_low=low, ci_high=high, rank=1,
+                            direction=direction)
 
-    features = [scored(0.1, 0.3), scored(-0.1, 0.2), scored(-0.5, -0.2), scored(0.0, 0.4), scored(0.2, 0.3)]
+    features = [scored(0.1, 0.3, "supports"), scored(-0.1, 0.2, "opposes"), scored(-0.5, -0.2, "opposes"),
+                scored(0.0, 0.4), scored(0.2, 0.3, "unclear")]
     gold = np.array([1, 1, 0, 0, 0], dtype=bool)
-    assert significance(features, gold) == {"significant_gold": 0.5, "significant_other": pytest.approx(2 / 3)}
+    assert significance(features, gold) == {"significant_gold": 0.5, "significant_other": pytest.approx(2 / 3),
+                                            "supports_gold": 0.5, "supports_other": 0.0,
+                                            "opposes_gold": 0.5, "opposes_other": pytest.approx(1 / 3)}
     assert np.isnan(significance(features, np.ones(5, dtype=bool))["significant_other"])
 
 

@@ -144,13 +144,19 @@ def agreement(scores: np.ndarray, gold: np.ndarray) -> dict[str, float]:
 
 
 def significance(features: list, gold: np.ndarray) -> dict[str, float]:
-    """The share of gold features, and of the others, whose 95% interval excludes 0 (NaN where there are none)."""
+    """The share of gold features, and of the others, whose 95% interval excludes 0, and whose direction is
+    `supports` and `opposes` (NaN where there are none)."""
     from ropelime.reliability import excludes_zero
 
     gold = np.asarray(gold, dtype=bool)
-    marked = np.array([excludes_zero(f) for f in features], dtype=bool)
-    return {"significant_gold": float(marked[gold].mean()) if gold.any() else float("nan"),
-            "significant_other": float(marked[~gold].mean()) if (~gold).any() else float("nan")}
+    shares = {}
+    for name, marked in (("significant", [excludes_zero(f) for f in features]),
+                         ("supports", [f.direction == "supports" for f in features]),
+                         ("opposes", [f.direction == "opposes" for f in features])):
+        marked = np.array(marked, dtype=bool)
+        shares[f"{name}_gold"] = float(marked[gold].mean()) if gold.any() else float("nan")
+        shares[f"{name}_other"] = float(marked[~gold].mean()) if (~gold).any() else float("nan")
+    return shares
 
 
 def mean_ci(values: Iterable[float], *, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> dict[str, float]:
@@ -285,7 +291,8 @@ def evaluate_item(item: Item, methods: list[str], config: ExplainConfig, *, budg
 
 
 METRICS = ("auroc", "ap", "p_at_k", "lds", "topk_drop", "random_k_drop", "topk_minus_random",
-           "target_lds", "target_topk_minus_random", "significant_gold", "significant_other", "closed_calls",
+           "target_lds", "target_topk_minus_random", "significant_gold", "significant_other", "supports_gold",
+           "supports_other", "opposes_gold", "opposes_other", "closed_calls",
            "surrogate_passes", "seconds")
 
 
