@@ -29,7 +29,8 @@ _COOL: tuple[RGB, RGB] = ((150, 190, 228), (33, 82, 162))
 _HEAT_TITLE = "prompt — warm: {positive}, cool: {negative}"
 _TABLE_CAPTION = "rank 1 = highest score ({positive}), {d} = lowest ({negative}) · * = 95% interval excludes 0"
 _DIRECTION_CAPTION = (" · direction: the response is less likely without the feature (supports) or more likely"
-                      " (opposes), by this many nats per token; unclear where the 95% interval straddles 0")
+                      " (opposes); unclear where that change's 95% interval straddles 0 (likelihood_effect, in"
+                      " nats per token, in the JSON and the HTML page)")
 _VERDICT_STYLE = {"high": "bold green", "medium": "bold yellow", "low": "bold red"}
 
 
@@ -166,7 +167,7 @@ def top_table(explanation: Explanation, k: int = 10) -> Table:
         table.add_column("closed model", no_wrap=True)
     for f in shown:
         table.add_row(str(f.rank), Text(_shorten(f.text)), Text(number(f.score), style=_rich_style(f.score, scale)),
-                      _ci(f), "*" if excludes_zero(f) else "", *([direction_text(f)] if directed else []),
+                      _ci(f), "*" if excludes_zero(f) else "", *([f.direction or ""] if directed else []),
                       *([verdicts.get(f.index, "")] if verdicts else []))
     return table
 
