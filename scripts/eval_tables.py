@@ -9,6 +9,7 @@
     python scripts/eval_tables.py --merge ALL.json FIRST.json REST.json   # one report of their items
     python scripts/eval_tables.py --pooled BASE1.json VARIANT1.json BASE2.json VARIANT2.json  # Δ over all pairs
     python scripts/eval_tables.py --pooled --metric auroc --metric target_lds BASE1.json VARIANT1.json ...
+    python scripts/eval_tables.py --gold-gap supports --gold-gap opposes REPORT.json  # gold share − others'
     python scripts/eval_tables.py --fill docs/EVALUATION.md   # regenerate every marked table in place
 
 In `--fill`, a table is the text between `<!-- eval_tables: ARGS -->` and `<!-- end -->`, replaced by
@@ -147,6 +148,19 @@ def pooled(pairs: list[tuple[dict, dict]], metric: str = "auroc") -> str:
             diffs += [ours[i] - theirs[i] for i in ours if i in theirs]
         stat = mean_ci(diffs)
         lines.append(f"- {method}: Δ {metric} {cell(stat, 3)} (n={stat['n']})")
+    return "\n".join(lines)
+
+
+def gold_gap(reports: list[dict], paths: list[str], fields: list[str]) -> str:
+    """Per report, method and field (e.g. `supports`): the per-item share among gold features minus the share
+    among the others (`FIELD_gold − FIELD_other`), mean [interval] over the items."""
+    lines = []
+    for report, path in zip(reports, paths):
+        for method in report["summary"]:
+            for field in fields:
+                stat = mean_ci(r[f"{field}_gold"] - r[f"{field}_other"] for r in report["records"]
+                               if r["method"] == method and f"{field}_gold" in r)
+                lines.append(f"- {Path(path).stem} {method}: {field}, gold − others {cell(stat, 3)} (n={stat['n']})")
     return "\n".join(lines)
 
 
@@ -308,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
                         "differences per method over the items of all pairs together")
     parser.add_argument("--metric", action="append", metavar="FIELD",
                         help="--pooled: a record field to difference (repeat for more; default auroc)")
+    parser.add_argument("--gold-gap", action="append", metavar="FIELD", help="per report and method: FIELD_gold − "
+                        "FIELD_other per item, e.g. supports or significant (repeat for more)")
     args = parser.parse_args(argv)
     if args.fill:
         fill(Path(args.fill))
@@ -326,6 +342,9 @@ def main(argv: list[str] | None = None) -> None:
         timings = json.loads(Path(args.timings).read_text(encoding="utf-8")) if args.timings else None
         plot_surrogates(reports, Path(args.plot_surrogates), timings)
         print(f"wrote {args.plot_surrogates}")
+        return
+    if args.gold_gap:
+        print(gold_gap(reports, args.reports, args.gold_gap))
         return
     if args.pooled:
         print("\n".join(pooled(list(zip(reports[::2], reports[1::2])), metric) for metric in args.metric or ["auroc"]))

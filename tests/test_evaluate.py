@@ -271,3 +271,14 @@ def test_surrogate_plot_takes_seconds_from_measured_timings(tiny_model_dir, tmp_
             str(tmp_path / "gemma3-270m.json"), str(tmp_path / "qwen2.5-coder-0.5b.json")])
     assert (tmp_path / "plot.png").stat().st_size > 0
     assert drawn == [[0.27, 0.49], [4.3, 6.2]]
+
+
+def test_the_gold_gap_is_the_gold_share_minus_the_others_per_item(tmp_path, capsys):
+    from scripts.eval_tables import main as tables
+
+    records = [{"id": str(i), "method": "ropelime", "supports_gold": gold, "supports_other": other}
+               for i, (gold, other) in enumerate([(0.5, 0.1), (1.0, 0.2), (0.0, 0.0), (float("nan"), 0.3)])]
+    (tmp_path / "r.json").write_text(json.dumps({"summary": {"ropelime": {}}, "records": records}))
+    tables(["--gold-gap", "supports", str(tmp_path / "r.json")])
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("- r ropelime: supports, gold − others 0.400 [") and line.endswith("(n=3)")
