@@ -126,14 +126,15 @@ class Deadline:
         """Seconds scoring may still take if `masks_after` masks are to be finished afterwards."""
         return self.remaining() - self.fixed_s - self.per_mask_s * masks_after
 
-    def leave_room_for_fit(self, d: int, solver: str, bootstrap: int) -> None:
-        """Add the fit's predicted seconds (over d features) to the work after scoring."""
+    def leave_room_for_fit(self, d: int, solver: str, bootstrap: int, fits: int = 1) -> None:
+        """Add the predicted seconds of `fits` fits (over d features) to the work after scoring (an unsigned
+        target's explanation fits twice: its target and the response's likelihood)."""
         rate = _FIT_RATE.seconds_per_unit or FIT_SECONDS_PER_FLOP
         if not SOLVERS[solver].closed_form:  # e.g. lasso: scikit-learn's coordinate descent, once per draw
-            self.fixed_s += (bootstrap + 2) * LASSO_SECONDS_PER_FIT
+            self.fixed_s += fits * (bootstrap + 2) * LASSO_SECONDS_PER_FIT
             return
-        self.per_mask_s += _fit_per_mask(d, bootstrap) * rate
-        self.fixed_s += _fit_fixed(d, bootstrap) * rate
+        self.per_mask_s += fits * _fit_per_mask(d, bootstrap) * rate
+        self.fixed_s += fits * _fit_fixed(d, bootstrap) * rate
 
 
 def plan_chunk(work: Sequence[float], pace: Rate, left: Callable[[int], float], *, first: bool,

@@ -217,7 +217,8 @@ def score_planned(prepared: Prepared, *, cache: ScoreCache, started: float, cost
     config = prepared.config
     deadline = Deadline.after(started, config.time_budget_s)
     if deadline.end is not None:
-        deadline.leave_room_for_fit(len(prepared.features), config.solver, BOOTSTRAP)
+        deadline.leave_room_for_fit(len(prepared.features), config.solver, BOOTSTRAP,
+                                    fits=1 if TARGETS[config.target].signed else 2)
     return score_samples(prepared, plan_masks(len(prepared.features), config), cache=cache, cost=cost,
                          progress=progress, should_stop=should_stop, deadline=deadline, cached_only=cached_only,
                          output_span=output_span)

@@ -39,6 +39,10 @@ def test_the_deadline_keeps_room_for_the_work_after_scoring():
     before = deadline.scoring_left(10)
     deadline.leave_room_for_fit(d=40, solver="ridge", bootstrap=200)
     assert deadline.scoring_left(10) < before
+    twice = Deadline(deadline.end, per_mask_s=0.05, fixed_s=1.0)
+    twice.leave_room_for_fit(d=40, solver="ridge", bootstrap=200, fits=2)  # an unsigned target fits the NLL too
+    assert math.isclose(twice.per_mask_s - 0.05, 2 * (deadline.per_mask_s - 0.05))
+    assert math.isclose(twice.fixed_s - 1.0, 2 * (deadline.fixed_s - 1.0)) and twice.fixed_s > deadline.fixed_s
     assert Deadline.after(time.perf_counter(), None).scoring_left(10**6) == float("inf")
 
 
