@@ -140,6 +140,9 @@ def test_eval_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path, mmlu_rows, 
     assert len(report["records"]) == 6
     for record in report["records"]:
         assert 0.0 <= record["auroc"] <= 1.0 and -1.0 <= record["lds"] <= 1.0
+        gold = np.isin(np.arange(record["d"]), record["gold_features"])  # the attribution itself, to analyse later
+        assert len(record["scores"]) == record["d"] and gold.sum() == record["gold"]
+        assert agreement(np.array(record["scores"]), gold)["auroc"] == pytest.approx(record["auroc"], abs=1e-4)
         assert record["closed_calls"] == 0 and record["surrogate_passes"] >= 1
         same = (record["target_lds"], record["target_topk_minus_random"]) == (record["lds"], record["topk_minus_random"])
         assert not same  # measured on the NLL and on each method's own target: KL (default), logit-prob (ContextCite)

@@ -240,7 +240,8 @@ def evaluate_item(item: Item, methods: list[str], config: ExplainConfig, *, budg
                   faith_cache: ScoreCache | None = None, reuse_scores: bool = False,
                   step: Callable[[str], None] | None = None) -> list[dict]:
     """Per-method records for one item: agreement, faithfulness (`COMMON_FAITHFULNESS`, and on the method's own
-    target) and cost.
+    target) and cost; and the attribution itself (`scores` in feature order, `gold_features` their indices), so a
+    later analysis can rank, combine or adjust the scores without running the explanation again.
 
     With `reuse_scores` the explanations also score through `faith_cache` (the persistent cache):
     refits of the same masks (another target, kernel or solver) then cost no surrogate pass.
@@ -269,6 +270,7 @@ def evaluate_item(item: Item, methods: list[str], config: ExplainConfig, *, budg
             gold = gold_labels(features, item.gold_spans)
             scores = np.array([f.score for f in features])
             record |= {"d": len(features), "gold": int(gold.sum()), **agreement(scores, gold),
+                       "scores": scores.tolist(), "gold_features": np.flatnonzero(gold).tolist(),
                        **significance(features, gold),
                        "closed_calls": result.cost.closed_model_calls if method == "gsmile" else closed_calls,
                        "surrogate_passes": result.cost.surrogate_forward_passes, "samples": result.diagnostics.samples,
