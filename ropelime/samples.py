@@ -19,6 +19,7 @@ from ropelime.cache import digest
 from ropelime.errors import InputError
 from ropelime.fit import SOLVERS, LinearFit, fit_linear
 from ropelime.kernels import KERNELS, kernel_weights
+from ropelime.position import position_factors, position_note
 from ropelime.reliability import assess
 from ropelime.samplers import SAMPLERS, default_k
 from ropelime.schema import (Cost, Diagnostics, Direction, ExplainConfig, Explanation, Feature, FeatureScore,
@@ -28,7 +29,7 @@ from ropelime.targets import TARGETS, support_sign, target_notes, target_vector
 BOOTSTRAP = 200
 """Bootstrap draws of the fit's intervals."""
 
-FIT_OPTIONS = frozenset({"target", "solver", "alpha", "kernel", "kernel_width", "kernel_normalise"})
+FIT_OPTIONS = frozenset({"target", "solver", "alpha", "kernel", "kernel_width", "kernel_normalise", "adjust_position"})
 """The method options a refit of scored samples may change (the others choose what is scored)."""
 
 Positions = slice | np.ndarray
@@ -104,7 +105,7 @@ def output_positions(response: str, offsets: list[tuple[int, int]], output_span:
     return positions
 
 
-UNSET_DEFAULTS = ("target", "sampler", "solver", "k", "alpha", "kernel_width")
+UNSET_DEFAULTS = ("target", "sampler", "solver", "k", "alpha", "kernel_width", "adjust_position")
 """Options whose default is written as None and chosen per explanation (`resolve_config`)."""
 
 DEFAULT_METHOD = {"target": "kl", "sampler": "loo_pairs"}
@@ -115,10 +116,16 @@ predicting the KL of held-out masks) and on MMLU's words (§8.16: +0.13 on Gemma
 the 0.5B, against sparse_k's masks fitted to the NLL)."""
 
 
+UNADJUSTED_GRANULARITIES = frozenset({"word"})
+"""Granularities whose scores are not adjusted for position by default (`adjust_position` unset): on MMLU's words
+the adjustment measured a tie (docs/EVALUATION.md §8.18)."""
+
+
 def resolve_config(config: ExplainConfig, d: int) -> ExplainConfig:
     """The config with the values an explanation over d features uses in place of None: the target and
-    sampler (`DEFAULT_METHOD`), the solver (the sampler's), sparse_k's k, the ridge/lasso alpha and the
-    kernel width (None stays where the option does not apply)."""
+    sampler (`DEFAULT_METHOD`), the solver (the sampler's), sparse_k's k, the ridge/lasso alpha, the
+    kernel width (None stays where the option does not apply) and whether the scores are adjusted for position
+    (`UNADJUSTED_GRANULARITIES`)."""
     sampler = config.sampler or DEFAULT_METHOD["sampler"]
     solver = config.solver or SAMPLERS[sampler].solver
     resolved = {
@@ -128,6 +135,8 @@ def resolve_config(config: ExplainConfig, d: int) -> ExplainConfig:
         "k": min(config.k or default_k(d), max(d - 1, 1)) if SAMPLERS[sampler].uses_k else config.k,
         "alpha": SOLVERS[solver].default_alpha if config.alpha is None else config.alpha,
         "kernel_width": KERNELS[config.kernel].default_width if config.kernel_width is None else config.kernel_width,
+        "adjust_position": (config.granularity not in UNADJUSTED_GRANULARITIES if config.adjust_position is None
+                            else config.adjust_position),
     }
     return config.model_copy(update=resolved)
 
@@ -188,6 +197,12 @@ def fit_samples(samples: ScoredSamples, *, output_span: str | None = None, notes
     if SOLVERS[config.solver].closed_form:
         record_fit(len(samples.masks), d, BOOTSTRAP, time.perf_counter() - fit_started)
     scores, low, high = as_support(fit, config.target)
+    position_notes = []
+    adjusted = position_factors(scores) if config.adjust_position else None
+    if adjusted is not None:
+        factors, slope = adjusted
+        scores, low, high = scores * factors, low * factors, high * factors
+        position_notes.append(position_note(slope))
     if TARGETS[config.target].signed:
         effect, directions = None, directions_of(low, high)
     else:  # the direction an unsigned score lacks: the same fit on the response's likelihood, from the same scores
@@ -203,7 +218,7 @@ def fit_samples(samples: ScoredSamples, *, output_span: str | None = None, notes
                 for i, f in enumerate(samples.features)]
     diagnostics = Diagnostics(r2=fit.r2, samples=len(samples.scores), planned_samples=samples.planned,
                               complete=samples.complete, surrogate_nll=float(-samples.scores[0].logp[positions].mean()),
-                              notes=[*fit.notes, *sampling_notes(samples, config), *target_notes(config.target),
+                              notes=[*fit.notes, *position_notes, *sampling_notes(samples, config), *target_notes(config.target),
                                      *(notes or [])])
     diagnostics.reliability = assess(diagnostics, features)
     cost = samples.cost.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})

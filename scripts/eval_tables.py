@@ -10,6 +10,7 @@
     python scripts/eval_tables.py --pooled BASE1.json VARIANT1.json BASE2.json VARIANT2.json  # Δ over all pairs
     python scripts/eval_tables.py --pooled --metric auroc --metric target_lds BASE1.json VARIANT1.json ...
     python scripts/eval_tables.py --gold-gap supports --gold-gap opposes REPORT.json  # gold share − others'
+    python scripts/eval_tables.py --position-gain REPORT.json  # AUROC with the scores adjusted for position
     python scripts/eval_tables.py --fill docs/EVALUATION.md   # regenerate every marked table in place
 
 In `--fill`, a table is the text between `<!-- eval_tables: ARGS -->` and `<!-- end -->`, replaced by
@@ -161,6 +162,36 @@ def gold_gap(reports: list[dict], paths: list[str], fields: list[str]) -> str:
                 stat = mean_ci(r[f"{field}_gold"] - r[f"{field}_other"] for r in report["records"]
                                if r["method"] == method and f"{field}_gold" in r)
                 lines.append(f"- {Path(path).stem} {method}: {field}, gold − others {cell(stat, 3)} (n={stat['n']})")
+    return "\n".join(lines)
+
+
+def position_gain(reports: list[dict], paths: list[str]) -> str:
+    """Per report and method: AUROC as recorded, with the scores adjusted for position (`ropelime.position`, as
+    `adjust_position` does), and the paired difference adjusted − recorded over the items (records that keep
+    their scores; the report's own method must not have adjusted them)."""
+    import numpy as np
+
+    from ropelime.position import position_factors
+    from ropelime.research.evaluate import agreement
+
+    lines = []
+    for report, path in zip(reports, paths):
+        for method in report["summary"]:
+            if report["methods"].get(method, {}).get("adjust_position"):
+                raise SystemExit(f"{path}: {method} already adjusted its scores for position; use a report without.")
+            recorded, adjusted = [], []
+            for r in report["records"]:
+                if r["method"] != method or "scores" not in r or not math.isfinite(r.get("auroc", math.nan)):
+                    continue
+                scores = np.array(r["scores"])
+                gold = np.isin(np.arange(len(scores)), r["gold_features"])
+                factors = position_factors(scores)
+                recorded.append(r["auroc"])
+                adjusted.append(agreement(scores * factors[0], gold)["auroc"] if factors else r["auroc"])
+            if recorded:
+                diff = mean_ci(a - b for a, b in zip(adjusted, recorded))
+                lines.append(f"- {Path(path).stem} {method}: AUROC {cell(mean_ci(recorded), 3)} as scored, "
+                             f"{cell(mean_ci(adjusted), 3)} adjusted for position; Δ {cell(diff, 3)} (n={diff['n']})")
     return "\n".join(lines)
 
 
@@ -324,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="--pooled: a record field to difference (repeat for more; default auroc)")
     parser.add_argument("--gold-gap", action="append", metavar="FIELD", help="per report and method: FIELD_gold − "
                         "FIELD_other per item, e.g. supports or significant (repeat for more)")
+    parser.add_argument("--position-gain", action="store_true", help="per report and method: AUROC with the "
+                        "recorded scores adjusted for position (as adjust_position does), paired with as recorded")
     args = parser.parse_args(argv)
     if args.fill:
         fill(Path(args.fill))
@@ -345,6 +378,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.gold_gap:
         print(gold_gap(reports, args.reports, args.gold_gap))
+        return
+    if args.position_gain:
+        print(position_gain(reports, args.reports))
         return
     if args.pooled:
         print("\n".join(pooled(list(zip(reports[::2], reports[1::2])), metric) for metric in args.metric or ["auroc"]))

@@ -4,6 +4,7 @@ end-to-end `ropelime eval`, and gSMILE against a real OpenAI-compatible server c
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -285,3 +286,27 @@ def test_the_gold_gap_is_the_gold_share_minus_the_others_per_item(tmp_path, caps
     tables(["--gold-gap", "supports", str(tmp_path / "r.json")])
     line = capsys.readouterr().out.strip()
     assert line.startswith("- r ropelime: supports, gold − others 0.400 [") and line.endswith("(n=3)")
+
+
+def test_the_position_gain_adjusts_the_recorded_scores_and_pairs_them(tmp_path, capsys):
+    from scripts.eval_tables import main as tables
+
+    position = np.arange(30) / 29
+    records = []
+    for i in range(4):  # scores grow along the prompt; the gold features sit early and are twice their neighbours
+        scores = np.exp(3 * position + np.random.default_rng(i).normal(0, 0.2, 30))
+        scores[[2, 5]] *= 2
+        gold = np.isin(np.arange(30), [2, 5])
+        records.append({"id": str(i), "method": "loo", "scores": scores.tolist(), "gold_features": [2, 5],
+                        "auroc": agreement(scores, gold)["auroc"]})
+    report = {"summary": {"loo": {}}, "methods": {"loo": {"adjust_position": False}}, "records": records}
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    tables(["--position-gain", str(tmp_path / "r.json")])
+    line = capsys.readouterr().out.strip()
+    recorded, adjusted, delta = map(float, re.search(r"AUROC (\S+) .* as scored, (\S+) .* Δ (\S+) ", line).groups())
+    assert line.startswith("- r loo: AUROC ") and line.endswith("(n=4)")
+    assert recorded < 0.5 and adjusted > 0.95 and delta == pytest.approx(adjusted - recorded, abs=2e-3)
+    report["methods"]["loo"]["adjust_position"] = True  # scores adjusted already: refused
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    with pytest.raises(SystemExit, match="already adjusted"):
+        tables(["--position-gain", str(tmp_path / "r.json")])

@@ -39,7 +39,7 @@ def test_fitting_scored_samples_is_explaining(tiny_surrogate, cache):
 
 
 @pytest.mark.parametrize("option", [{"target": "logit_prob"}, {"solver": "lasso"}, {"kernel": "cosine"},
-                                    {"kernel_width": 0.2}, {"kernel_normalise": False}])
+                                    {"kernel_width": 0.2}, {"kernel_normalise": False}, {"adjust_position": True}])
 def test_a_refit_with_other_fit_options_equals_a_new_explanation(tiny_surrogate, cache, option):
     samples = ropelime.score(PROMPT, RESPONSE, explain=CONTEXT, surrogate=tiny_surrogate, cache=cache, **METHOD)
     refitted = ropelime.fit_samples(samples, **option)
