@@ -8,12 +8,12 @@ import pytest
 
 import ropelime
 from ropelime.cache import ScoreCache
-from ropelime.position import MIN_FEATURES, position_factors
+from ropelime.position import MAX_SLOPE, MIN_FEATURES, position_factors
 from ropelime.samples import resolve_config
 from ropelime.schema import ExplainConfig
 
 
-def planted(d: int = 40, slope: float = 3.0, evidence: tuple[int, ...] = (4, 9, 15), seed: int = 0) -> np.ndarray:
+def planted(d: int = 40, slope: float = 1.2, evidence: tuple[int, ...] = (4, 9, 15), seed: int = 0) -> np.ndarray:
     """Scores growing e^slope-fold from the first feature to the last, with noise, and a few 4× early features."""
     rng = np.random.default_rng(seed)
     position = np.arange(d) / (d - 1)
@@ -25,10 +25,20 @@ def planted(d: int = 40, slope: float = 3.0, evidence: tuple[int, ...] = (4, 9, 
 def test_the_fitted_trend_is_divided_out_and_early_evidence_ranks_first():
     scores = planted()
     factors, slope = position_factors(scores)
-    assert slope == pytest.approx(3.0, abs=0.4)  # the evidence does not move a median of slopes
+    assert slope == pytest.approx(1.2, abs=0.3)  # the evidence does not move a median of slopes
     assert set(np.argsort(-scores)[:3]) != {4, 9, 15}  # late text outranks it as scored
     assert set(np.argsort(-(scores * factors))[:3]) == {4, 9, 15}
     assert np.all(factors > 0) and factors[0] > 1 > factors[-1]
+
+
+def test_a_steep_trend_is_capped_so_evidence_at_the_end_keeps_its_rank():
+    assert position_factors(planted(slope=3.0))[1] == MAX_SLOPE
+    assert position_factors(-planted(slope=-3.0))[1] == -MAX_SLOPE
+    scores = planted(slope=0.5, evidence=(34, 35, 36, 37, 38, 39))  # the evidence is the last sentences
+    scores[[34, 35, 36, 37, 38, 39]] *= 4  # 16× their neighbours
+    factors, slope = position_factors(scores)
+    assert 0.5 < slope <= MAX_SLOPE  # pulled up by the evidence, but no further than the cap
+    assert set(np.argsort(-(scores * factors))[:6]) == {34, 35, 36, 37, 38, 39}
 
 
 def test_signs_are_kept_and_too_few_scores_are_left_alone():
