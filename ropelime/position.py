@@ -8,8 +8,11 @@ answer has, and it pulls late distractors above early evidence.
 Across one explanation's features, in prompt order, the log of each score's magnitude is fitted on the
 feature's relative position (0 = first, 1 = last) by Theil–Sen (the median of the pairwise slopes: the
 few features that matter do not move it; capped at `MAX_SLOPE`); every score and its interval are then
-divided by the fitted sensitivity at the feature's position, relative to the features' mean position. The ranking within a stretch
-of text is kept; signs and directions are unchanged.
+divided by the fitted sensitivity at the feature's position, relative to the features' mean position. The
+ranking within a stretch of text is kept; signs and directions are unchanged.
+
+Off by default (`ExplainConfig.adjust_position`): it lifted the ranking of the evidence on the dev items it
+was found on, but not on held-out ones (docs/EVALUATION.md §8.18).
 """
 
 from __future__ import annotations

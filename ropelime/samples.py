@@ -105,7 +105,7 @@ def output_positions(response: str, offsets: list[tuple[int, int]], output_span:
     return positions
 
 
-UNSET_DEFAULTS = ("target", "sampler", "solver", "k", "alpha", "kernel_width", "adjust_position")
+UNSET_DEFAULTS = ("target", "sampler", "solver", "k", "alpha", "kernel_width")
 """Options whose default is written as None and chosen per explanation (`resolve_config`)."""
 
 DEFAULT_METHOD = {"target": "kl", "sampler": "loo_pairs"}
@@ -116,16 +116,10 @@ predicting the KL of held-out masks) and on MMLU's words (§8.16: +0.13 on Gemma
 the 0.5B, against sparse_k's masks fitted to the NLL)."""
 
 
-UNADJUSTED_GRANULARITIES = frozenset({"word"})
-"""Granularities whose scores are not adjusted for position by default (`adjust_position` unset): on MMLU's words
-the adjustment measured a tie (docs/EVALUATION.md §8.18)."""
-
-
 def resolve_config(config: ExplainConfig, d: int) -> ExplainConfig:
     """The config with the values an explanation over d features uses in place of None: the target and
-    sampler (`DEFAULT_METHOD`), the solver (the sampler's), sparse_k's k, the ridge/lasso alpha, the
-    kernel width (None stays where the option does not apply) and whether the scores are adjusted for position
-    (`UNADJUSTED_GRANULARITIES`)."""
+    sampler (`DEFAULT_METHOD`), the solver (the sampler's), sparse_k's k, the ridge/lasso alpha and the
+    kernel width (None stays where the option does not apply)."""
     sampler = config.sampler or DEFAULT_METHOD["sampler"]
     solver = config.solver or SAMPLERS[sampler].solver
     resolved = {
@@ -135,8 +129,6 @@ def resolve_config(config: ExplainConfig, d: int) -> ExplainConfig:
         "k": min(config.k or default_k(d), max(d - 1, 1)) if SAMPLERS[sampler].uses_k else config.k,
         "alpha": SOLVERS[solver].default_alpha if config.alpha is None else config.alpha,
         "kernel_width": KERNELS[config.kernel].default_width if config.kernel_width is None else config.kernel_width,
-        "adjust_position": (config.granularity not in UNADJUSTED_GRANULARITIES if config.adjust_position is None
-                            else config.adjust_position),
     }
     return config.model_copy(update=resolved)
 

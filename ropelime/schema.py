@@ -87,11 +87,10 @@ class ExplainConfig(BaseModel):
                                   "pairs); unset = the one the sampler's masks are made for (differences for "
                                   "loo_pairs, else ridge)")
     alpha: float | None = Field(None, ge=0, description="regularisation of ridge / lasso; unset = the solver's default")
-    adjust_position: bool | None = Field(None, description="divide every score by the surrogate's sensitivity to "
-                                         "removals at the feature's position, fitted over the features (a small "
-                                         "surrogate reacts more to text near the end of the prompt, whatever it "
-                                         "says); unset = on for sentences, paragraphs and segments, off for words "
-                                         "(measured: docs/EVALUATION.md)")
+    adjust_position: bool = Field(False, description="divide every score by the surrogate's sensitivity to removals "
+                                  "at the feature's position, fitted over the features (a small surrogate reacts "
+                                  "more to text near the end of a long prompt, whatever it says); measured a tie on "
+                                  "held-out dev items, so off unless asked (docs/EVALUATION.md section 8.18)")
     seed: int = Field(0, description="masks and intervals are deterministic per seed")
     time_budget_s: float | None = Field(None, gt=0, description="stop scoring before this many seconds would pass "
                                         "and return a partial result marked incomplete (null: no limit)")

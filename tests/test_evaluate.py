@@ -226,8 +226,6 @@ def test_report_heads_record_the_default_method_written_out():
     assert default == recorded_method(written)  # a report made when the defaults were written out resumes
     assert (default["sampler"], default["target"], default["solver"], default["k"]) == ("loo_pairs", "kl",
                                                                                           "differences", None)
-    assert default["adjust_position"] is True  # for sentences; words keep the scores as scored
-    assert recorded_method(ExplainConfig(granularity="word"))["adjust_position"] is False
     linear = recorded_method(ExplainConfig(sampler="sparse_k", target="nll"))
     assert (linear["sampler"], linear["target"], linear["solver"]) == ("sparse_k", "nll", "ridge")
 

@@ -51,11 +51,9 @@ def test_signs_are_kept_and_too_few_scores_are_left_alone():
     assert position_factors(np.ones(MIN_FEATURES - 1)) is None
 
 
-def test_on_by_default_for_sentences_and_off_for_words():
-    assert resolve_config(ExplainConfig(granularity="sentence"), 10).adjust_position is True
-    assert resolve_config(ExplainConfig(granularity="paragraph"), 10).adjust_position is True
-    assert resolve_config(ExplainConfig(granularity="word"), 10).adjust_position is False
-    assert resolve_config(ExplainConfig(granularity="sentence", adjust_position=False), 10).adjust_position is False
+def test_off_unless_asked_at_every_granularity():
+    for granularity in ("word", "sentence", "paragraph"):
+        assert resolve_config(ExplainConfig(granularity=granularity), 10).adjust_position is False
 
 
 def test_an_explanation_divides_its_scores_and_intervals_by_the_factors(tiny_surrogate, tmp_path):
@@ -67,7 +65,7 @@ def test_an_explanation_divides_its_scores_and_intervals_by_the_factors(tiny_sur
                                  granularity="sentence", budget=24)
     finally:
         cache.close()
-    adjusted, plain = ropelime.fit_samples(samples), ropelime.fit_samples(samples, adjust_position=False)
+    adjusted, plain = ropelime.fit_samples(samples, adjust_position=True), ropelime.fit_samples(samples)
     assert adjusted.config.adjust_position is True and len(adjusted.features) == 10
     factors, slope = position_factors(np.array([f.score for f in plain.features]))
     for a, p, factor in zip(adjusted.features, plain.features, factors, strict=True):

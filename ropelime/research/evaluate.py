@@ -199,12 +199,11 @@ def method_config(method: str, config: ExplainConfig, budget: int | Literal["d"]
 
 
 def recorded_method(config: ExplainConfig) -> dict[str, Any]:
-    """The method as a report's head records it: the default target, sampler, solver and position adjustment (for
-    the config's granularity) written out where the config leaves them unset, so reports made before and after a
-    default changed compare as they were run; options resolved per item (k, alpha, kernel width) stay as given."""
+    """The method as a report's head records it: the default target, sampler and solver written out where the
+    config leaves them unset, so reports made before and after a default changed compare as they were run;
+    options resolved per item (k, alpha, kernel width) stay as given."""
     resolved = resolve_config(config, 1)
-    method = config.model_copy(update={name: getattr(resolved, name)
-                                       for name in ("target", "sampler", "solver", "adjust_position")})
+    method = config.model_copy(update={name: getattr(resolved, name) for name in ("target", "sampler", "solver")})
     return method.model_dump(exclude={"segments", "granularity", "time_budget_s", "budget"})
 
 
@@ -350,14 +349,13 @@ def run_evaluation(items: list[Item], methods: list[str], config: ExplainConfig,
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}.")
-    granular = config.model_copy(update={"granularity": items[0].granularity}) if items else config
     head = {
         "fixed_output": f"answer of {closed.model}" if closed else "gold answer",
         "surrogate": surrogate.name,
         "precision": surrogate.precision,
         "budget": budget,
         "methods": {m: ("gSMILE as published" if m == "gsmile"
-                        else recorded_method(method_config(m, granular, budget, 0)))
+                        else recorded_method(method_config(m, config, budget, 0)))
                     for m in methods},
         "faithfulness": {**COMMON_FAITHFULNESS, "heldout_masks": heldout},
         "scores": "persistent cache (cost counts only new scoring)" if reuse_scores else "fresh cache per explanation",
