@@ -11,6 +11,7 @@
     python scripts/eval_tables.py --pooled --metric auroc --metric target_lds BASE1.json VARIANT1.json ...
     python scripts/eval_tables.py --gold-gap supports --gold-gap opposes REPORT.json  # gold share − others'
     python scripts/eval_tables.py --position-gain REPORT.json  # AUROC with the scores adjusted for position
+    python scripts/eval_tables.py --ensemble A.json B.json  # mean of the reports' z-scored scores, per item
     python scripts/eval_tables.py --fill docs/EVALUATION.md   # regenerate every marked table in place
 
 In `--fill`, a table is the text between `<!-- eval_tables: ARGS -->` and `<!-- end -->`, replaced by
@@ -195,6 +196,33 @@ def position_gain(reports: list[dict], paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def ensemble(reports: list[dict], paths: list[str]) -> str:
+    """Per method: AUROC of the mean of each report's per-item z-scored scores (an ensemble of the reports'
+    surrogates, equal weights), paired with each report alone, over the items every report has with the same
+    features."""
+    import numpy as np
+
+    from ropelime.research.evaluate import agreement
+
+    lines = []
+    for method in reports[0]["summary"]:
+        by = [{r["id"]: r for r in report["records"] if r["method"] == method and "scores" in r
+               and math.isfinite(r.get("auroc", math.nan))} for report in reports]
+        items = [i for i in by[0] if all(i in b and b[i]["d"] == by[0][i]["d"] for b in by)]
+        if not items:
+            continue
+        combined = []
+        for i in items:
+            z = [(s - s.mean()) / (s.std() or 1.0) for s in (np.array(b[i]["scores"]) for b in by)]
+            gold = np.isin(np.arange(by[0][i]["d"]), by[0][i]["gold_features"])
+            combined.append(agreement(np.mean(z, axis=0), gold)["auroc"])
+        lines.append(f"- {method}: ensemble AUROC {cell(mean_ci(combined), 3)} (n={len(items)})")
+        for b, path in zip(by, paths):
+            diff = mean_ci(c - b[i]["auroc"] for c, i in zip(combined, items))
+            lines.append(f"  - Δ over {Path(path).stem} ({cell(mean_ci(b[i]['auroc'] for i in items), 3)}): {cell(diff, 3)}")
+    return "\n".join(lines)
+
+
 def compact(reports: list[dict], paths: list[str], base: dict | None = None) -> str:
     """One row per report and method, labelled by the file name: for sweeps of one option. With
     `base`, three more columns: the paired AUROC, LDS and top-k drop differences against the base report."""
@@ -357,6 +385,8 @@ def main(argv: list[str] | None = None) -> None:
                         "FIELD_other per item, e.g. supports or significant (repeat for more)")
     parser.add_argument("--position-gain", action="store_true", help="per report and method: AUROC with the "
                         "recorded scores adjusted for position (as adjust_position does), paired with as recorded")
+    parser.add_argument("--ensemble", action="store_true", help="per method: AUROC of the mean of the reports' "
+                        "per-item z-scored scores (same items, one report per surrogate), paired with each alone")
     args = parser.parse_args(argv)
     if args.fill:
         fill(Path(args.fill))
@@ -378,6 +408,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.gold_gap:
         print(gold_gap(reports, args.reports, args.gold_gap))
+        return
+    if args.ensemble:
+        print(ensemble(reports, args.reports))
         return
     if args.position_gain:
         print(position_gain(reports, args.reports))

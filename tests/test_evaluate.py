@@ -310,3 +310,23 @@ def test_the_position_gain_adjusts_the_recorded_scores_and_pairs_them(tmp_path, 
     (tmp_path / "r.json").write_text(json.dumps(report))
     with pytest.raises(SystemExit, match="already adjusted"):
         tables(["--position-gain", str(tmp_path / "r.json")])
+
+
+def test_the_ensemble_averages_z_scored_scores_and_pairs_with_each_report(tmp_path, capsys):
+    from scripts.eval_tables import main as tables
+
+    gold = [0, 1]
+    reports = {  # each surrogate misses one gold feature the other finds; together they find both
+        "a": [9.0, 0.0, 1.0, 2.0, 3.0, 4.0],
+        "b": [0.0, 90.0, 10.0, 20.0, 30.0, 40.0],
+    }
+    for name, scores in reports.items():
+        labels = np.isin(np.arange(6), gold)
+        record = {"id": "q", "method": "loo", "d": 6, "scores": scores, "gold_features": gold,
+                  "auroc": agreement(np.array(scores), labels)["auroc"]}
+        (tmp_path / f"{name}.json").write_text(json.dumps({"summary": {"loo": {}}, "records": [record]}))
+    tables(["--ensemble", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("- loo: ensemble AUROC 1.000 [") and lines[0].endswith("(n=1)")
+    assert lines[1].startswith("  - Δ over a (0.500 [") and lines[2].startswith("  - Δ over b (0.500 [")
+    assert lines[1].endswith(": 0.500 [0.500, 0.500]")
