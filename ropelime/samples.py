@@ -210,8 +210,8 @@ def fit_samples(samples: ScoredSamples, *, output_span: str | None = None, notes
                 for i, f in enumerate(samples.features)]
     diagnostics = Diagnostics(r2=fit.r2, samples=len(samples.scores), planned_samples=samples.planned,
                               complete=samples.complete, surrogate_nll=float(-samples.scores[0].logp[positions].mean()),
-                              notes=[*fit.notes, *position_notes, *sampling_notes(samples, config), *target_notes(config.target),
-                                     *(notes or [])])
+                              notes=[*fit.notes, *position_notes, *sampling_notes(samples, config),
+                                     *target_notes(config.target), *(notes or [])])
     diagnostics.reliability = assess(diagnostics, features)
     cost = samples.cost.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
     return Explanation(

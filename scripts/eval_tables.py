@@ -219,7 +219,8 @@ def ensemble(reports: list[dict], paths: list[str]) -> str:
         lines.append(f"- {method}: ensemble AUROC {cell(mean_ci(combined), 3)} (n={len(items)})")
         for b, path in zip(by, paths):
             diff = mean_ci(c - b[i]["auroc"] for c, i in zip(combined, items))
-            lines.append(f"  - Δ over {Path(path).stem} ({cell(mean_ci(b[i]['auroc'] for i in items), 3)}): {cell(diff, 3)}")
+            alone = mean_ci(b[i]["auroc"] for i in items)
+            lines.append(f"  - Δ over {Path(path).stem} ({cell(alone, 3)}): {cell(diff, 3)}")
     return "\n".join(lines)
 
 

@@ -49,7 +49,8 @@ def score_items(surrogate_name: str, limit: int, data: Path) -> list[dict]:
         kl = target_vector(scores, "kl")
         kl = kl - kl[0]  # each removal's change from the unperturbed prompt, as the default's `differences` reads it
         rows.append({"id": item.id, "paragraph": paragraph.tolist(), "paragraph_kl": kl[1:len(groups) + 1].tolist(),
-                     "sentence_kl": kl[len(groups) + 1:].tolist(), "gold": gold_labels(features, item.gold_spans).tolist()})
+                     "sentence_kl": kl[len(groups) + 1:].tolist(),
+                     "gold": gold_labels(features, item.gold_spans).tolist()})
         print(item.id, f"{d} sentences, {len(groups)} paragraphs", flush=True)
     return rows
 
@@ -67,11 +68,12 @@ def analyse(rows: list[dict]) -> None:
     flat = [agreement(np.array(r["sentence_kl"]), np.array(r["gold"]))["auroc"] for r in rows]
     print(f"{len(rows)} items; every sentence's own KL (the default's ranking): AUROC {np.mean(flat):.3f}, "
           f"{np.mean([len(r['gold']) for r in rows]):.1f} masks (one per sentence)")
-    gold_paragraphs = [agreement(np.array(r["paragraph_kl"]),
-                                 np.isin(np.arange(len(r["paragraph_kl"])), np.array(r["paragraph"])[r["gold"]]))["auroc"]
+    gold_paragraphs = [agreement(np.array(r["paragraph_kl"]), np.isin(np.arange(len(r["paragraph_kl"])),
+                                                                       np.array(r["paragraph"])[r["gold"]]))["auroc"]
                        for r in rows]
     print(f"paragraphs holding evidence, ranked by their removal's KL: AUROC {np.mean(gold_paragraphs):.3f}")
-    rules = {f"top {m} paragraphs": (lambda r, m=m: np.argsort(-np.array(r["paragraph_kl"]))[:m]) for m in (1, 2, 3, 4, 5)}
+    rules = {f"top {m} paragraphs": (lambda r, m=m: np.argsort(-np.array(r["paragraph_kl"]))[:m])
+             for m in (1, 2, 3, 4, 5)}
     for share in (0.5, 0.7, 0.9):
         def rule(r: dict, share: float = share) -> np.ndarray:
             kl = np.clip(r["paragraph_kl"], 0, None)

@@ -69,7 +69,8 @@ def test_an_explanation_divides_its_scores_and_intervals_by_the_factors(tiny_sur
     assert adjusted.config.adjust_position is True and len(adjusted.features) == 10
     factors, slope = position_factors(np.array([f.score for f in plain.features]))
     for a, p, factor in zip(adjusted.features, plain.features, factors, strict=True):
-        assert (a.score, a.ci_low, a.ci_high) == pytest.approx((p.score * factor, p.ci_low * factor, p.ci_high * factor))
+        expected = (p.score * factor, p.ci_low * factor, p.ci_high * factor)
+        assert (a.score, a.ci_low, a.ci_high) == pytest.approx(expected)
         assert (a.direction, a.likelihood_effect) == (p.direction, p.likelihood_effect)
     assert any("position sensitivity" in note for note in adjusted.diagnostics.notes)
     assert not any("position sensitivity" in note for note in plain.diagnostics.notes)
