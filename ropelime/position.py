@@ -45,7 +45,10 @@ def position_factors(scores: np.ndarray) -> tuple[np.ndarray, float] | None:
     return np.exp(-slope * (position - position.mean())), slope
 
 
-def position_note(slope: float) -> str:
-    """What the adjustment did, for the diagnostics."""
+def position_note(slope: float | None) -> str:
+    """What the adjustment did (None: it could not be fitted), for the diagnostics."""
+    if slope is None:
+        return (f"scores not adjusted for position: fewer than {MIN_FEATURES} features have a non-zero score, too "
+                "few to fit the surrogate's position sensitivity")
     return (f"scores adjusted for the surrogate's position sensitivity: removing text at the end of the explained "
             f"part moved the answer {np.exp(slope):.2g}× as much as at its start (fitted over the features)")

@@ -194,7 +194,8 @@ def fit_samples(samples: ScoredSamples, *, output_span: str | None = None, notes
     if adjusted is not None:
         factors, slope = adjusted
         scores, low, high = scores * factors, low * factors, high * factors
-        position_notes.append(position_note(slope))
+    if config.adjust_position:
+        position_notes.append(position_note(None if adjusted is None else adjusted[1]))
     if TARGETS[config.target].signed:
         effect, directions = None, directions_of(low, high)
     else:  # the direction an unsigned score lacks: the same fit on the response's likelihood, from the same scores

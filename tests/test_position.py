@@ -72,5 +72,20 @@ def test_an_explanation_divides_its_scores_and_intervals_by_the_factors(tiny_sur
         expected = (p.score * factor, p.ci_low * factor, p.ci_high * factor)
         assert (a.score, a.ci_low, a.ci_high) == pytest.approx(expected)
         assert (a.direction, a.likelihood_effect) == (p.direction, p.likelihood_effect)
-    assert any("position sensitivity" in note for note in adjusted.diagnostics.notes)
-    assert not any("position sensitivity" in note for note in plain.diagnostics.notes)
+    assert any("scores adjusted for the surrogate's position" in note for note in adjusted.diagnostics.notes)
+    assert not any("position" in note for note in plain.diagnostics.notes)
+    signed = ropelime.fit_samples(samples, adjust_position=True, target="nll", solver="ridge")  # a signed refit too
+    assert any("scores adjusted" in note for note in signed.diagnostics.notes)
+
+
+def test_asked_for_with_too_few_features_it_says_so_and_leaves_the_scores(tiny_surrogate, tmp_path):
+    context = "The sky is blue. Paris is the capital of France. Cats sleep a lot."
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    try:
+        samples = ropelime.score(f"{context}\nQuestion: What is the capital of France?", "Paris.", explain=context,
+                                 surrogate=tiny_surrogate, cache=cache, granularity="sentence", budget=8)
+    finally:
+        cache.close()
+    asked, plain = ropelime.fit_samples(samples, adjust_position=True), ropelime.fit_samples(samples)
+    assert [f.score for f in asked.features] == [f.score for f in plain.features]
+    assert any(f"fewer than {MIN_FEATURES} features" in note for note in asked.diagnostics.notes)
