@@ -111,6 +111,7 @@ def test_kept_freed_memory_spares_the_page_faults_of_repeated_passes():
                                   check=True, timeout=300).stdout.split()[-1])
 
     # the median of three processes per mode: one process's count now and then moves several-fold with the
-    # machine's memory state (a CI run saw 12k faults with glibc's default against the usual 165k)
+    # machine's memory state (a CI run saw 12k faults with glibc's default against the usual 165k; after hours of
+    # heavy jobs two CI runs in a row saw medians of 53k and 30k against keep's 19k and 8k, 2.8x and 3.5x fewer)
     counts = {mode: sorted(faults(mode) for _ in range(3)) for mode in ("default", "keep")}
-    assert counts["keep"][1] * 5 < counts["default"][1], counts
+    assert counts["keep"][1] * 2 < counts["default"][1], counts
