@@ -258,7 +258,11 @@ class Surrogate:
 
     def _token_scores(self, logits: torch.Tensor, response: list[int], reference,
                       divergences: Collection[str] = DIVERGENCES) -> list[TokenScores]:
-        """log p of each response token and, given the reference (T, V), the `divergences` to it; a few rows at a time."""
+        """log p of each response token and, given the reference (T, V), the `divergences` to it; a few rows at a time.
+
+        Works in place on a float32 copy of each chunk (on `logits` itself when they are float32: they are
+        consumed): no vocabulary-sized temporaries, the same numbers as computing out of place.
+        """
         target = torch.tensor(response, device=logits.device)
         if reference is not None:
             p_ref = reference.exp()
@@ -267,17 +271,18 @@ class Surrogate:
         rows: list[TokenScores] = []
         step = max(1, SCORE_CHUNK // (logits.shape[1] * logits.shape[2]))
         for start in range(0, len(logits), step):
-            logprobs = torch.log_softmax(logits[start:start + step].float(), dim=-1)
+            logprobs = logits[start:start + step].float()
+            torch.log_softmax(logprobs, dim=-1, out=logprobs)
             token_logp = logprobs.gather(-1, target.expand(len(logprobs), -1).unsqueeze(-1)).squeeze(-1)
             kl = js = None
-            if reference is not None and "kl" in divergences:
-                kl = (p_ref * (reference - logprobs)).sum(-1)
             if reference is not None and "js" in divergences:
                 q = logprobs.exp()
                 mix = 0.5 * (p_ref + q)
                 # JS = H(mix) - (H(p) + H(q)) / 2
                 js = -torch.special.xlogy(mix, mix).sum(-1) - 0.5 * (ref_entropy - (q * logprobs).sum(-1))
                 js = js.clamp(min=0)
+            if reference is not None and "kl" in divergences:  # last: it overwrites logprobs
+                kl = torch.sub(reference, logprobs, out=logprobs).mul_(p_ref).sum(-1)
             for r in range(len(logprobs)):
                 rows.append(TokenScores(
                     token_logp[r].double().cpu().numpy(),
