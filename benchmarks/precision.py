@@ -7,8 +7,9 @@ Each item is explained at each precision with default settings and a fresh score
 mask is scored again). Against float32, per other precision: the Spearman correlation of the
 attributions, the largest attribution change and the largest change relative to that feature's own
 95% interval half-width under float32 (below 1: the change is smaller than the sampling uncertainty
-the result already reports), top-3 overlap, same top-1, features whose significance (interval
-excluding 0, and its sign) differs, and total seconds (noisy on a shared machine).
+the result already reports), how many features moved by less than that half-width, top-3 overlap,
+same top-1, features whose significance (interval excluding 0, and its sign) differs, and total
+seconds (noisy on a shared machine).
 """
 
 from __future__ import annotations
@@ -58,12 +59,13 @@ def significance(low: np.ndarray, high: np.ndarray) -> np.ndarray:
 
 
 def compare(reference: list, other: list) -> dict[str, float]:
-    rho, largest, ratio, top3, top1, flips, total = [], 0.0, 0.0, [], 0, 0, 0
+    rho, largest, ratio, top3, top1, flips, within, total = [], 0.0, 0.0, [], 0, 0, 0, 0
     for (a, a_low, a_high), (b, b_low, b_high) in zip(reference, other):
         change = np.abs(a - b)
         half = np.maximum((a_high - a_low) / 2, 1e-12)
         rho.append(spearmanr(a, b)[0] if len(a) > 1 else 1.0)
         largest, ratio = max(largest, change.max()), max(ratio, (change / half).max())
+        within += int((change <= half).sum())
         k = min(3, len(a))
         top3.append(len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k)
         top1 += int(np.argmax(a) == np.argmax(b))
@@ -71,7 +73,7 @@ def compare(reference: list, other: list) -> dict[str, float]:
         total += len(a)
     return {"spearman_mean": float(np.mean(rho)), "spearman_min": float(np.min(rho)), "max_change": largest,
             "max_change_over_half_width": ratio, "top3_overlap": float(np.mean(top3)), "same_top1": top1,
-            "items": len(reference), "significance_differs": flips, "features": total}
+            "items": len(reference), "significance_differs": flips, "within_half_width": within, "features": total}
 
 
 def main() -> None:
@@ -91,7 +93,8 @@ def main() -> None:
         c = compare(reference, other)
         print(f"{precision:>8}: {seconds:.0f} s ({base_seconds / seconds:.2f}× float32); attribution Spearman "
               f"mean {c['spearman_mean']:.3f} (min {c['spearman_min']:.3f}); largest change {c['max_change']:.3f}, "
-              f"{c['max_change_over_half_width']:.2f}× that feature's interval half-width; top-3 overlap "
+              f"{c['max_change_over_half_width']:.2f}× that feature's interval half-width; changes within the "
+              f"float32 interval's half-width {c['within_half_width']}/{c['features']} features; top-3 overlap "
               f"{c['top3_overlap']:.2f}; same top-1 {c['same_top1']}/{c['items']}; significance differs "
               f"{c['significance_differs']}/{c['features']} features")
 
