@@ -64,8 +64,8 @@ class Entry:
     hub_id: str | None = None
     cpu_tokens_per_s: float | None = None
     """Tokens scored per second (prompt + response of every perturbed prompt) in a whole MMLU-size
-    explanation on 2 CPU cores in mixed precision; None = not measured. Gemma 3 270M: 762, README
-    Performance (benchmarks/scoring.py, quiet machine). Qwen2.5-Coder-0.5B: 0.75× Gemma's rate in the same
+    explanation on 2 CPU cores in mixed precision; None = not measured. Gemma 3 270M: 762, docs/PERFORMANCE.md
+    (the reference machine; benchmarks/scoring.py, quiet machine). Qwen2.5-Coder-0.5B: 0.75× Gemma's rate in the same
     loaded runs of docs/EVALUATION.md section 8. Qwen2.5-Coder-1.5B: estimated, 0.53× the 0.5B (their ratio
     in DESIGN.md's batch measurement); `benchmarks/surrogates.py` measures all of them side by side."""
     prompt_format: PromptFormat | None = None
