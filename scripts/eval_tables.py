@@ -9,6 +9,7 @@
     python scripts/eval_tables.py --merge ALL.json FIRST.json REST.json   # one report of their items
     python scripts/eval_tables.py --pooled BASE1.json VARIANT1.json BASE2.json VARIANT2.json  # Δ over all pairs
     python scripts/eval_tables.py --pooled --metric auroc --metric target_lds BASE1.json VARIANT1.json ...
+    python scripts/eval_tables.py --versus OURS1.json BASELINES1.json ...  # ropelime against each baseline, paired
     python scripts/eval_tables.py --gold-gap supports --gold-gap opposes REPORT.json  # gold share − others'
     python scripts/eval_tables.py --position-gain REPORT.json  # AUROC with the scores adjusted for position
     python scripts/eval_tables.py --ensemble A.json B.json  # mean of the reports' z-scored scores, per item
@@ -129,12 +130,14 @@ def paired(report: dict, reference: str = "ropelime",
     return "\n".join(lines)
 
 
+def per_item(report: dict, method: str, metric: str) -> dict[str, float]:
+    """{item id: metric} of one method's records that have the metric."""
+    return {x["id"]: x[metric] for x in report["records"] if x["method"] == method and metric in x}
+
+
 def paired_difference(report: dict, base: dict, method: str, metric: str) -> dict:
     """Mean [interval] of report − base for `method` over the items both have the metric for."""
-    def values(r: dict) -> dict:
-        return {x["id"]: x[metric] for x in r["records"] if x["method"] == method and metric in x}
-
-    ours, theirs = values(report), values(base)
+    ours, theirs = per_item(report, method, metric), per_item(base, method, metric)
     return mean_ci([ours[i] - theirs[i] for i in ours if i in theirs])
 
 
@@ -145,11 +148,28 @@ def pooled(pairs: list[tuple[dict, dict]], metric: str = "auroc") -> str:
     for method in pairs[0][1]["summary"]:
         diffs = []
         for base, variant in pairs:
-            ours = {x["id"]: x[metric] for x in variant["records"] if x["method"] == method and metric in x}
-            theirs = {x["id"]: x[metric] for x in base["records"] if x["method"] == method and metric in x}
+            ours, theirs = per_item(variant, method, metric), per_item(base, method, metric)
             diffs += [ours[i] - theirs[i] for i in ours if i in theirs]
         stat = mean_ci(diffs)
         lines.append(f"- {method}: Δ {metric} {cell(stat, 3)} (n={stat['n']})")
+    return "\n".join(lines)
+
+
+def versus(pairs: list[tuple[dict, dict]], paths: list[str], metric: str = "auroc") -> str:
+    """A table: for each pair (OURS, BASELINES), OURS' `ropelime` method against every method of BASELINES on
+    the items both have: each one's mean metric there and the paired difference (e.g. the default method's
+    report against a report of the baselines, one pair per surrogate and task)."""
+    lines = [f"| report | baseline (sampler, target) | n | ropelime's {metric} | baseline's | ropelime − baseline |",
+             "|---|---|---|---|---|---|"]
+    for (ours_report, baselines), path in zip(pairs, paths[::2]):
+        ours = per_item(ours_report, "ropelime", metric)
+        for method, settings in baselines["methods"].items():
+            theirs = per_item(baselines, method, metric)
+            common = [i for i in ours if i in theirs]
+            label = f"{method} ({settings.get('sampler') or 'default'}, {settings.get('target') or 'default'})"
+            lines.append(f"| {Path(path).stem} | {label} | {len(common)} | {cell(mean_ci(ours[i] for i in common), 3)} "
+                         f"| {cell(mean_ci(theirs[i] for i in common), 3)} "
+                         f"| {cell(mean_ci(ours[i] - theirs[i] for i in common), 3)} |")
     return "\n".join(lines)
 
 
@@ -380,8 +400,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--merge", metavar="OUT", help="join these reports' items into one report (same settings)")
     parser.add_argument("--pooled", action="store_true", help="the reports are pairs BASE VARIANT ...: paired AUROC "
                         "differences per method over the items of all pairs together")
+    parser.add_argument("--versus", action="store_true", help="the reports are pairs OURS BASELINES ...: OURS' "
+                        "ropelime method against each of BASELINES' methods, paired on their common items")
     parser.add_argument("--metric", action="append", metavar="FIELD",
-                        help="--pooled: a record field to difference (repeat for more; default auroc)")
+                        help="--pooled, --versus: a record field to difference (repeat for more; default auroc)")
     parser.add_argument("--gold-gap", action="append", metavar="FIELD", help="per report and method: FIELD_gold − "
                         "FIELD_other per item, e.g. supports or significant (repeat for more)")
     parser.add_argument("--position-gain", action="store_true", help="per report and method: AUROC with the "
@@ -415,6 +437,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.position_gain:
         print(position_gain(reports, args.reports))
+        return
+    if args.versus:
+        print("\n\n".join(versus(list(zip(reports[::2], reports[1::2])), args.reports, metric)
+                          for metric in args.metric or ["auroc"]))
         return
     if args.pooled:
         print("\n".join(pooled(list(zip(reports[::2], reports[1::2])), metric) for metric in args.metric or ["auroc"]))

@@ -330,3 +330,19 @@ def test_the_ensemble_averages_z_scored_scores_and_pairs_with_each_report(tmp_pa
     assert lines[0].startswith("- loo: ensemble AUROC 1.000 [") and lines[0].endswith("(n=1)")
     assert lines[1].startswith("  - Δ over a (0.500 [") and lines[2].startswith("  - Δ over b (0.500 [")
     assert lines[1].endswith(": 0.500 [0.500, 0.500]")
+
+
+def test_versus_pairs_our_method_with_each_baseline_on_their_common_items(tmp_path, capsys):
+    from scripts.eval_tables import main as tables
+
+    ours = {"methods": {"ropelime": {"sampler": None, "target": None}},
+            "records": [{"id": str(i), "method": "ropelime", "auroc": a} for i, a in enumerate([0.9, 0.8, 0.7])]}
+    baselines = {"methods": {"loo": {"sampler": "loo", "target": "nll"}},
+                 "records": [{"id": str(i), "method": "loo", "auroc": a} for i, a in [(0, 0.5), (1, 0.6), (5, 0.1)]]}
+    (tmp_path / "ours.json").write_text(json.dumps(ours))
+    (tmp_path / "base.json").write_text(json.dumps(baselines))
+    tables(["--versus", str(tmp_path / "ours.json"), str(tmp_path / "base.json")])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["ours", "loo (loo, nll)", "2"]  # items 0 and 1 only
+    assert cells[3].startswith("0.850 [") and cells[4].startswith("0.550 [") and cells[5].startswith("0.300 [")
