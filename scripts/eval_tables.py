@@ -9,7 +9,7 @@
     python scripts/eval_tables.py --merge ALL.json FIRST.json REST.json   # one report of their items
     python scripts/eval_tables.py --pooled BASE1.json VARIANT1.json BASE2.json VARIANT2.json  # Δ over all pairs
     python scripts/eval_tables.py --pooled --metric auroc --metric target_lds BASE1.json VARIANT1.json ...
-    python scripts/eval_tables.py --versus OURS1.json BASELINES1.json ...  # ropelime against each baseline, paired
+    python scripts/eval_tables.py --versus OURS1.json BASELINES1.json ...  # a method against each baseline, paired
     python scripts/eval_tables.py --gold-gap supports --gold-gap opposes REPORT.json  # gold share − others'
     python scripts/eval_tables.py --position-gain REPORT.json  # AUROC with the scores adjusted for position
     python scripts/eval_tables.py --ensemble A.json B.json  # mean of the reports' z-scored scores, per item
@@ -155,19 +155,26 @@ def pooled(pairs: list[tuple[dict, dict]], metric: str = "auroc") -> str:
     return "\n".join(lines)
 
 
+def method_label(report: dict, method: str) -> str:
+    """`method (sampler, target)` as the report ran it ("default" where it left the code's default)."""
+    settings = report["methods"][method]
+    return f"{method} ({settings.get('sampler') or 'default'}, {settings.get('target') or 'default'})"
+
+
 def versus(pairs: list[tuple[dict, dict]], paths: list[str], metric: str = "auroc") -> str:
-    """A table: for each pair (OURS, BASELINES), OURS' `ropelime` method against every method of BASELINES on
+    """A table: for each pair (OURS, BASELINES), the first method of OURS against every method of BASELINES on
     the items both have: each one's mean metric there and the paired difference (e.g. the default method's
     report against a report of the baselines, one pair per surrogate and task)."""
-    lines = [f"| report | baseline (sampler, target) | n | ropelime's {metric} | baseline's | ropelime − baseline |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| report | method | baseline | n | method's {metric} | baseline's | method − baseline |",
+             "|---|---|---|---|---|---|---|"]
     for (ours_report, baselines), path in zip(pairs, paths[::2]):
-        ours = per_item(ours_report, "ropelime", metric)
-        for method, settings in baselines["methods"].items():
-            theirs = per_item(baselines, method, metric)
+        method = next(iter(ours_report["methods"]))
+        ours = per_item(ours_report, method, metric)
+        for baseline in baselines["methods"]:
+            theirs = per_item(baselines, baseline, metric)
             common = [i for i in ours if i in theirs]
-            label = f"{method} ({settings.get('sampler') or 'default'}, {settings.get('target') or 'default'})"
-            lines.append(f"| {Path(path).stem} | {label} | {len(common)} | {cell(mean_ci(ours[i] for i in common), 3)} "
+            lines.append(f"| {Path(path).stem} | {method_label(ours_report, method)} | {method_label(baselines, baseline)} "
+                         f"| {len(common)} | {cell(mean_ci(ours[i] for i in common), 3)} "
                          f"| {cell(mean_ci(theirs[i] for i in common), 3)} "
                          f"| {cell(mean_ci(ours[i] - theirs[i] for i in common), 3)} |")
     return "\n".join(lines)
@@ -401,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pooled", action="store_true", help="the reports are pairs BASE VARIANT ...: paired AUROC "
                         "differences per method over the items of all pairs together")
     parser.add_argument("--versus", action="store_true", help="the reports are pairs OURS BASELINES ...: OURS' "
-                        "ropelime method against each of BASELINES' methods, paired on their common items")
+                        "first method against each of BASELINES' methods, paired on their common items")
     parser.add_argument("--metric", action="append", metavar="FIELD",
                         help="--pooled, --versus: a record field to difference (repeat for more; default auroc)")
     parser.add_argument("--gold-gap", action="append", metavar="FIELD", help="per report and method: FIELD_gold − "

@@ -332,7 +332,7 @@ def test_the_ensemble_averages_z_scored_scores_and_pairs_with_each_report(tmp_pa
     assert lines[1].endswith(": 0.500 [0.500, 0.500]")
 
 
-def test_versus_pairs_our_method_with_each_baseline_on_their_common_items(tmp_path, capsys):
+def test_versus_pairs_a_method_with_each_baseline_on_their_common_items(tmp_path, capsys):
     from scripts.eval_tables import main as tables
 
     ours = {"methods": {"ropelime": {"sampler": None, "target": None}},
@@ -344,5 +344,5 @@ def test_versus_pairs_our_method_with_each_baseline_on_their_common_items(tmp_pa
     tables(["--versus", str(tmp_path / "ours.json"), str(tmp_path / "base.json")])
     row = capsys.readouterr().out.strip().splitlines()[-1]
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[:3] == ["ours", "loo (loo, nll)", "2"]  # items 0 and 1 only
-    assert cells[3].startswith("0.850 [") and cells[4].startswith("0.550 [") and cells[5].startswith("0.300 [")
+    assert cells[:4] == ["ours", "ropelime (default, default)", "loo (loo, nll)", "2"]  # items 0 and 1 only
+    assert cells[4].startswith("0.850 [") and cells[5].startswith("0.550 [") and cells[6].startswith("0.300 [")
