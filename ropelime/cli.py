@@ -204,11 +204,27 @@ def run_verify(args) -> int:
     return 0
 
 
+def _method_options(p: argparse.ArgumentParser, title: str) -> None:
+    m = p.add_argument_group(title)
+    m.add_argument("--budget", default=str(options.field("budget").default),
+                   help="perturbed prompts per explanation, or 'd' (= number of features) (default: %(default)s)")
+    options.add_options(m, options.METHOD)
+    m.add_argument("--surrogate", help=EVAL_SURROGATE_HELP)
+    m.add_argument("--device", help="cpu, cuda, …")
+
+
 def _eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate attributions against gold evidence on dev data",
-                       description="Evaluate RoPE-LIME and baselines on HotpotQA (sentences) or MMLU (words).")
-    p.add_argument("task", choices=("hotpotqa", "mmlu"))
-    p.add_argument("--data", help="the dev JSONL file (default ../shared/data/<task file>)")
+    p = sub.add_parser("eval", help="evaluate attributions on dev data: gold evidence, or closed models' own LOO",
+                       description="Evaluate RoPE-LIME and baselines on HotpotQA (sentences) or MMLU (words) against "
+                                   "gold evidence, or against real closed models' own leave-one-out (fidelity).")
+    tasks = p.add_subparsers(dest="task", required=True, metavar="{hotpotqa,mmlu,fidelity}")
+    for task in ("hotpotqa", "mmlu"):
+        _gold_eval_parser(tasks.add_parser(task, help=f"{task}: agreement with gold evidence"), task)
+    _fidelity_parser(tasks.add_parser("fidelity", help="agreement with closed models' own recorded leave-one-out"))
+
+
+def _gold_eval_parser(p: argparse.ArgumentParser, task: str) -> None:
+    p.add_argument("--data", help=f"the dev JSONL file (default ../shared/data/<{task} file>)")
     p.add_argument("--limit", type=int, help="evaluate the first N items (after --skip)")
     p.add_argument("--skip", type=int, default=0, metavar="N", help="leave out the first N items")
     p.add_argument("--layout", choices=("context_first", "question_first"), default="context_first",
@@ -217,12 +233,7 @@ def _eval_parser(sub) -> None:
                    help="mmlu: attribute the whole fixed answer ('B. <choice>') or only its letter")
     p.add_argument("--methods", default="ropelime",
                    help="comma-separated: ropelime (the options below), loo, contextcite, gsmile")
-    m = p.add_argument_group("method (ropelime; loo and contextcite take target/perturb/seed from here)")
-    m.add_argument("--budget", default=str(options.field("budget").default),
-                   help="perturbed prompts per explanation, or 'd' (= number of features) (default: %(default)s)")
-    options.add_options(m, options.METHOD)
-    m.add_argument("--surrogate", help=EVAL_SURROGATE_HELP)
-    m.add_argument("--device", help="cpu, cuda, …")
+    _method_options(p, "method (ropelime; loo and contextcite take target/perturb/seed from here)")
     c = p.add_argument_group("closed model (default: the gold answer is the fixed output)")
     c.add_argument("--model", help="litellm model string giving the fixed outputs (and gSMILE's)")
     c.add_argument("--api-base", help="base URL of an OpenAI-compatible server")
@@ -241,10 +252,40 @@ def _eval_parser(sub) -> None:
                         "(refused when it was made with other settings)")
 
 
+def _fidelity_parser(p: argparse.ArgumentParser) -> None:
+    p.description = ("Explain each recorded closed model's own answer to each prompt of a fidelity data file (the "
+                     "recorded segments are the features) and compare with that model's recorded leave-one-out; "
+                     "the position prior and the other recorded models' own leave-one-out are the references.")
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help="a fidelity data file, .jsonl or .jsonl.gz (../shared/data/fidelity/boolq_dev.jsonl.gz)")
+    p.add_argument("--n", type=int, metavar="N", help="evaluate N prompts (default: all)")
+    p.add_argument("--start", type=int, default=0, metavar="IDX", help="the first prompt (row index in the file)")
+    p.add_argument("--closed-model", metavar="NAME", action="append",
+                   help="a closed model of the file (e.g. gpt-4o; repeatable; default: every closed model it holds)")
+    p.add_argument("--segments", choices=("context", "all"), default="context",
+                   help="features: the context segments (the question or hypothesis, the last one, stays fixed) or "
+                        "all user segments (default: %(default)s)")
+    p.add_argument("--refine", type=int, default=0, metavar="K",
+                   help="replay each closed model from the file on 127.0.0.1 and refine each explanation with K "
+                        "closed calls, beside K calls on random features (default: 0, no refinement)")
+    _method_options(p, "method")
+    p.add_argument("--out", metavar="FILE", help="write the report (records and summary) to this file")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the report in --out FILE: keep the prompts it finished (refused when it was made "
+                        "with other settings)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object instead of a table")
+
+
+def _budget(text: str) -> int | str:
+    if text != "d" and not (text.isdigit() and int(text) > 0):
+        raise InputError(f"--budget takes a positive whole number or 'd', got {text!r}.")
+    return "d" if text == "d" else int(text)
+
+
 def run_eval(args, argv: list[str]) -> int:
-    if args.budget != "d" and not (args.budget.isdigit() and int(args.budget) > 0):
-        raise InputError(f"--budget takes a positive whole number or 'd', got {args.budget!r}.")
-    budget = "d" if args.budget == "d" else int(args.budget)
+    if args.task == "fidelity":
+        return run_eval_fidelity(args, argv)
+    budget = _budget(args.budget)
     if args.skip < 0 or (args.limit is not None and args.limit < 1):
         raise InputError("--skip takes 0 or more items and --limit 1 or more.")
     if args.transfer and not args.closed_local:
@@ -268,16 +309,9 @@ def run_eval(args, argv: list[str]) -> int:
                        limit=args.limit, skip=args.skip, layout=args.layout, answer_part=args.answer_part)
     head = {"command": "ropelime eval " + " ".join(argv), "task": args.task, "layout": args.layout,
             "answer_part": args.answer_part, "closed_local": args.closed_local}
-    previous = None
-    if args.resume:
-        if not args.json:
-            raise InputError("--resume continues the report of --json OUT: name that file.")
-        if Path(args.json).exists():
-            try:
-                previous = json.loads(Path(args.json).read_text(encoding="utf-8"))
-            except (OSError, ValueError) as error:
-                raise InputError(f"cannot read {args.json} to resume it ({error}); fix or remove it.") from None
-            check_same_settings(previous, {k: v for k, v in head.items() if k != "command"})
+    previous = _read_report(args.json, args.resume, "--json OUT")
+    if previous is not None:
+        check_same_settings(previous, {k: v for k, v in head.items() if k != "command"})
     _quiet_libraries(args)
     err = Console(stderr=True)
     with err.status("loading the surrogate"):
@@ -339,6 +373,67 @@ def run_eval(args, argv: list[str]) -> int:
         table.add_row(method, cell("auroc"), cell("ap"), cell("p_at_k"), cell("lds"), cell("topk_minus_random"),
                       cell("closed_calls", 1), cell("surrogate_passes", 1), cell("seconds", 1))
     Console().print(table)
+    if report["errors"]:
+        err.print(f"{report['errors']} explanation(s) failed; see 'error' in the records")
+    return 0
+
+
+def _read_report(path: str | None, resume: bool, option: str) -> dict | None:
+    """The report to continue (--resume), or None; InputError when it cannot be read."""
+    if not resume:
+        return None
+    if not path:
+        raise InputError(f"--resume continues the report of {option}: name that file.")
+    if not Path(path).exists():
+        return None
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read {path} to resume it ({error}); fix or remove it.") from None
+
+
+def run_eval_fidelity(args, argv: list[str]) -> int:
+    from ropelime.research import fidelity
+
+    budget = _budget(args.budget)
+    if args.start < 0 or (args.n is not None and args.n < 1) or args.refine < 0:
+        raise InputError("--start takes 0 or more, --n 1 or more prompts and --refine 0 or more calls.")
+    try:
+        config = options.config_from_args(args, options.METHOD, budget=64 if budget == "d" else budget)
+    except ValidationError as error:
+        raise InputError(config_problem(error)) from None
+    check_output(args.out, "--out")
+    rows = fidelity.read_prompts(args.data, start=args.start, n=args.n)
+    models = fidelity.closed_models(rows, args.closed_model)
+    head = {"command": "ropelime eval fidelity " + " ".join(argv), **fidelity.report_head(
+        args.data, models, args.segments, args.refine, config, budget)}
+    previous = _read_report(args.out, args.resume, "--out FILE")
+    _quiet_libraries(args)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ropelime.explain import load_surrogate
+
+    err = Console(stderr=True)
+    with err.status("loading the surrogate"):
+        surrogate = load_surrogate(args.surrogate or settings.surrogate() or EMBEDDED, args.device)
+
+    def save(report: dict) -> None:
+        if args.out:
+            Path(args.out).write_text(json.dumps({**head, **report}, indent=1), encoding="utf-8")
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err) as bar:
+        task = bar.add_task("explaining", total=len(rows))
+        report = fidelity.run(rows, models, args.segments, config, surrogate, budget=budget, refine=args.refine,
+                              previous=previous, head={k: v for k, v in head.items() if k != "command"},
+                              checkpoint=save, step=lambda key: bar.update(task, advance=1, description=key))
+    if args.out:
+        err.print(f"wrote {args.out}")
+    if args.json:
+        print(json.dumps(report["summary"], indent=1))
+    else:
+        Console().print(fidelity.summary_table(report))
     if report["errors"]:
         err.print(f"{report['errors']} explanation(s) failed; see 'error' in the records")
     return 0

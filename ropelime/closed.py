@@ -27,6 +27,8 @@ from ropelime.files import write_atomic
 log = logging.getLogger(__name__)
 
 TEMPERATURE = 0.0
+TOP_LOGPROBS = 20
+"""Alternatives asked for at each answer token when log-probabilities are wanted (OpenAI's maximum)."""
 BACKOFF_S = 0.5  # first retry delay; doubles per attempt unless the provider sends Retry-After
 MAX_DELAY_S = 20.0
 FALLBACK = "or pass the response yourself (--response on the command line, response= in the library and MCP tools)"
@@ -50,6 +52,9 @@ class ClosedResult(BaseModel):
     usage: dict[str, float]  # prompt_tokens, completion_tokens, total_tokens; cost_usd when known
     latency_s: float
     cached: bool
+    first_token_logprobs: dict[str, float] | None = None
+    """The provider's top alternatives for the answer's first token and their log-probabilities, when asked for
+    (`logprobs=True`) and returned; None otherwise."""
 
 
 def _litellm() -> ModuleType:
@@ -117,10 +122,11 @@ def _messages(prompt: str, system: str | None) -> list[dict[str, str]]:
         {"role": "user", "content": prompt}]
 
 
-def cache_key(model: str, messages: list[dict[str, str]], max_tokens: int | None, api_base: str | None) -> str:
-    """sha256 of everything that determines the answer."""
+def cache_key(model: str, messages: list[dict[str, str]], max_tokens: int | None, api_base: str | None,
+              logprobs: bool = False) -> str:
+    """sha256 of everything that determines the answer (and whether it carries log-probabilities)."""
     payload = {"model": model, "messages": messages, "temperature": TEMPERATURE, "max_tokens": max_tokens,
-               "api_base": api_base}
+               "api_base": api_base} | ({"logprobs": TOP_LOGPROBS} if logprobs else {})
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -166,6 +172,25 @@ def _text(response: Any) -> str:
         hint = " (it hit max_tokens: raise it)" if getattr(choice, "finish_reason", None) == "length" else ""
         raise ClosedModelError(f"the model returned an empty response{hint}: check the prompt, {FALLBACK}")
     return content
+
+
+def _first_token_logprobs(response: Any) -> dict[str, float] | None:
+    """The top alternatives of the first answer token with their log-probabilities, if the response has them."""
+    def get(obj: Any, name: str) -> Any:
+        return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+    try:
+        content = get(get(response.choices[0], "logprobs"), "content")
+        first = content[0] if content else None
+    except (AttributeError, IndexError, TypeError):
+        return None
+    if first is None:
+        return None
+    alternatives = {str(get(t, "token")): float(get(t, "logprob")) for t in get(first, "top_logprobs") or []
+                    if get(t, "token") is not None and get(t, "logprob") is not None}
+    if get(first, "token") is not None and get(first, "logprob") is not None:
+        alternatives.setdefault(str(get(first, "token")), float(get(first, "logprob")))
+    return alternatives or None
 
 
 def _is_retryable(litellm: ModuleType, error: BaseException) -> bool:
@@ -227,7 +252,7 @@ def _explain_error(litellm: ModuleType, error: BaseException, model: str, api_ba
 
 
 def _complete(litellm: ModuleType, model: str, messages: list[dict[str, str]], *, timeout: float,
-              retries: int, api_base: str | None, max_tokens: int | None) -> tuple[Any, float]:
+              retries: int, api_base: str | None, max_tokens: int | None, logprobs: bool = False) -> tuple[Any, float]:
     """litellm.completion with our own bounded retries; returns the response and its latency."""
     # litellm's own num_retries re-runs through tenacity (not a dependency) and also retries 4xx: off.
     # drop_params: a model that refuses temperature=0 (reasoning models) still answers, once.
@@ -237,6 +262,8 @@ def _complete(litellm: ModuleType, model: str, messages: list[dict[str, str]], *
         kwargs["api_base"] = api_base
     if max_tokens is not None:
         kwargs["max_tokens"] = max_tokens
+    if logprobs:  # providers that lack them drop the parameters (drop_params) and answer without
+        kwargs |= {"logprobs": True, "top_logprobs": TOP_LOGPROBS}
     attempt = 0
     while True:
         attempt += 1
@@ -254,25 +281,29 @@ def _complete(litellm: ModuleType, model: str, messages: list[dict[str, str]], *
 
 
 def _cache_path(cache_dir: Path, model: str, messages: list[dict[str, str]], max_tokens: int | None,
-                api_base: str | None) -> Path:
-    return Path(cache_dir) / "closed" / f"{cache_key(model, messages, max_tokens, api_base)}.json"
+                api_base: str | None, logprobs: bool = False) -> Path:
+    return Path(cache_dir) / "closed" / f"{cache_key(model, messages, max_tokens, api_base, logprobs)}.json"
 
 
 def cached_response(model: str, prompt: str, system: str | None = None, *, cache_dir: Path,
-                    api_base: str | None = None, max_tokens: int | None = None) -> ClosedResult | None:
+                    api_base: str | None = None, max_tokens: int | None = None,
+                    logprobs: bool = False) -> ClosedResult | None:
     """The answer `fetch_response` would return from its cache, or None; never calls the model."""
-    return _read_cache(_cache_path(cache_dir, model, _messages(prompt, system), max_tokens, api_base))
+    return _read_cache(_cache_path(cache_dir, model, _messages(prompt, system), max_tokens, api_base, logprobs))
 
 
 def fetch_response(model: str, prompt: str, system: str | None = None, *, cache_dir: Path, timeout: float = 60.0,
-                   retries: int = 2, api_base: str | None = None, max_tokens: int | None = None) -> ClosedResult:
+                   retries: int = 2, api_base: str | None = None, max_tokens: int | None = None,
+                   logprobs: bool = False) -> ClosedResult:
     """Ask `model` (a litellm model string) once at temperature 0, or return the cached answer.
 
     `timeout` is per attempt; rate limits, timeouts, lost connections and 5xx are retried `retries`
-    times with backoff (or the provider's Retry-After). Raises ClosedModelError.
+    times with backoff (or the provider's Retry-After). With `logprobs` the answer carries the provider's
+    top alternatives for its first token, when the provider returns them (cached apart from a plain answer).
+    Raises ClosedModelError.
     """
     messages = _messages(prompt, system)
-    path = _cache_path(cache_dir, model, messages, max_tokens, api_base)
+    path = _cache_path(cache_dir, model, messages, max_tokens, api_base, logprobs)
     cached = _read_cache(path)
     if cached is not None:
         return cached
@@ -285,9 +316,10 @@ def fetch_response(model: str, prompt: str, system: str | None = None, *, cache_
         raise ClosedModelError(f"{unset}: export {'it' if len(missing) == 1 else 'one'}{local}, {FALLBACK}")
 
     response, latency = _complete(litellm, model, messages, timeout=timeout, retries=retries, api_base=api_base,
-                                  max_tokens=max_tokens)
+                                  max_tokens=max_tokens, logprobs=logprobs)
     result = ClosedResult(text=_text(response), model=str(getattr(response, "model", None) or model),
-                          usage=_usage(litellm, response), latency_s=latency, cached=False)
+                          usage=_usage(litellm, response), latency_s=latency, cached=False,
+                          first_token_logprobs=_first_token_logprobs(response) if logprobs else None)
     write_atomic(path, result.model_dump_json(indent=1))
     return result
 
@@ -306,9 +338,11 @@ class FixedOutput(BaseModel):
 
 
 def fixed_output(prompt: str, response: str | None = None, *, model: str | None = None, system: str | None = None,
-                 api_base: str | None = None, timeout: float = 60.0, max_tokens: int | None = None) -> FixedOutput:
+                 api_base: str | None = None, timeout: float = 60.0, max_tokens: int | None = None,
+                 logprobs: bool = False) -> FixedOutput:
     """The whole retrieval of the fixed output: the given `response`, or `model`'s answer to the prompt (asked
-    once at temperature 0 with `timeout` per attempt, cached on disk under the cache dir; `fetch_response`).
+    once at temperature 0 with `timeout` per attempt, cached on disk under the cache dir; `fetch_response`;
+    with `logprobs`, the first token's top alternatives too, which `refine` and `verify` measure against).
 
     Raises InputError when there is neither, ClosedModelError when the model gives no answer.
     """
@@ -317,5 +351,5 @@ def fixed_output(prompt: str, response: str | None = None, *, model: str | None 
     if not model:
         raise InputError("give the response to explain, or a model to get it from.")
     answer = fetch_response(model, prompt, system, cache_dir=settings.cache_dir(), timeout=timeout, api_base=api_base,
-                            max_tokens=max_tokens)
+                            max_tokens=max_tokens, logprobs=logprobs)
     return FixedOutput(text=answer.text, source="closed_model", answer=answer)

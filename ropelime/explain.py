@@ -124,6 +124,7 @@ def explain(
     cached_only: bool = False,
     limits: Limits | None = None,
     verify: int = 0,
+    refine: int = 0,
     started: float | None = None,
     **options,
 ) -> Explanation:
@@ -137,10 +138,13 @@ def explain(
     scores already in the cache and runs no surrogate pass. `limits` caps features and tokens (default:
     from the environment, see `Limits`). `verify=K` then checks the top K supporting features with
     `model` itself (K + 1 more calls, see `ropelime.verify`) once scoring is complete, with the time left
-    in the time budget (scoring comes first; a repeat continues both from the caches). The time budget
+    in the time budget (scoring comes first; a repeat continues both from the caches). `refine=K` first
+    measures the closed model's own effect of deleting K candidate features (K more calls, see
+    `ropelime.refine`) and ranks them first, marked measured. The time budget
     counts from `started` (a `time.perf_counter()` time; default: now), so a caller that waited for
     the model can count that wait too.
     """
+    from ropelime.refine import check_request as check_refine, refine as refine_top
     from ropelime.verify import check_request, verify as verify_top
 
     started = time.perf_counter() if started is None else started
@@ -149,10 +153,12 @@ def explain(
     deadline = Deadline.after(started, config.time_budget_s)
     check_inputs(prompt, response, system=system, explain=explain, output_span=output_span)
     check_request(verify, model)
-    asking = dict(model=model, system=system, api_base=api_base,
+    check_refine(refine, model)
+    asking = dict(model=model, system=system, api_base=api_base, logprobs=bool(verify or refine),
                   timeout=min(closed_timeout, max(1.0, deadline.remaining())))
     fixed = fixed_output(prompt, response, **asking)
-    reference = fixed.answer or (fixed_output(prompt, **asking).answer if verify else None)  # what verify compares with
+    # what verify and refine compare with: the model's own answer to the whole prompt
+    reference = fixed.answer or (fixed_output(prompt, **asking).answer if verify or refine else None)
     cost = Cost(closed_model_calls=int(reference is not None and not reference.cached),
                 closed_model_usage=fixed.answer.usage if fixed.answer else {})
 
@@ -160,14 +166,19 @@ def explain(
                     cache=cache, progress=progress, should_stop=should_stop, output_span=output_span,
                     cached_only=cached_only, limits=limits, started=started, cost=cost)
     samples.response_source, samples.closed_model = fixed.source, model
-    verify_now = verify and (samples.complete or samples.stopped == "converged")
-    waiting = [f"verifying the top {verify} features waits for the complete explanation: call again to continue "
-               "and verify"] if verify and not verify_now else []
+    settled = samples.complete or samples.stopped == "converged"
+    waiting = [f"{what} waits for the complete explanation: call again to continue and {verb}"
+               for what, verb, asked in (("measuring the closed model's own effects", "refine", refine),
+                                         (f"verifying the top {verify} features", "verify", verify))
+               if asked and not settled]
     explanation = fit_samples(samples, output_span=output_span, notes=waiting, started=started)
-    if not verify_now:
-        return explanation
-    return verify_top(explanation, verify, model=model, reference=reference, api_base=api_base, timeout=closed_timeout,
-                      deadline=deadline.end, should_stop=should_stop)
+    closed = dict(model=model, reference=reference, api_base=api_base, timeout=closed_timeout, deadline=deadline.end,
+                  should_stop=should_stop)
+    if refine and settled:
+        explanation = refine_top(explanation, refine, **closed)
+    if verify and settled:
+        explanation = verify_top(explanation, verify, **closed)
+    return explanation
 
 
 def score(

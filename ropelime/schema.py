@@ -39,13 +39,21 @@ class FeatureScore(Feature):
     score: float
     ci_low: float
     ci_high: float
-    rank: int = Field(description="1 = highest score")
+    rank: int = Field(description="1 = first: features measured on the closed model (refine) by their effect, "
+                      "then the others by score")
     likelihood_effect: float | None = Field(None, description="kl, js: the same fit on the response's mean negative "
                                             "log-likelihood, as support: > 0 the feature makes the response more "
                                             "likely, < 0 less likely; None under a signed target (the score is that)")
     direction: Direction | None = Field(None, description="whether the feature supports or opposes the response: "
                                         "the 95% interval of its likelihood effect (kl, js) or of its score lies "
                                         "above or below 0, or straddles it (unclear)")
+    evidence: Literal["estimated", "measured"] = Field("estimated", description="measured: the closed model itself "
+                                                       "was asked without this feature (refine); estimated: the "
+                                                       "surrogate's score only")
+    closed_effect: float | None = Field(None, description="refine: the closed model's own effect of deleting the "
+                                        "feature, > 0 = it supports the answer (the drop of the log-odds of the "
+                                        "answer's first token, or 1 − token F1 of its new answer when the provider "
+                                        "gives no log-probabilities); None = not measured")
 
 
 class ExplainConfig(BaseModel):
@@ -149,6 +157,9 @@ class ClosedCheck(BaseModel):
 
     answer: str | None = Field(None, description="None when the call failed or was not made")
     similarity: float | None = Field(None, description="token F1 of the answer to the original answer, 0..1")
+    support_drop: float | None = Field(None, description="how much lower the log-odds of the original answer's "
+                                       "first token is than on the whole prompt (> 0: the deletion weakened the "
+                                       "answer); None when the provider returns no log-probabilities")
     cached: bool = Field(False, description="the answer came from the on-disk cache (no call)")
     error: str | None = Field(None, description="why there is no answer")
 
@@ -184,6 +195,37 @@ class Verification(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
+class RefinedFeature(BaseModel):
+    """One feature whose deletion the closed model was asked about (`ropelime.refine`)."""
+
+    feature: int
+    text: str
+    effect: float | None = Field(None, description="the closed model's measured effect (see FeatureScore.closed_effect)")
+    answer: str | None = Field(None, description="the closed model's answer without the feature")
+    cached: bool = False
+    error: str | None = Field(None, description="why there is no measurement")
+
+
+class Refinement(BaseModel):
+    """The closed model's own effects of deleting the surrogate's best candidates (`refine=K`)."""
+
+    k: int
+    model: str
+    signal: Literal["logprob", "similarity"] = Field(description="logprob: the drop of the log-odds of the answer's "
+                                                     "first token; similarity: 1 − token F1 of the new answer (the "
+                                                     "provider returned no log-probabilities)")
+    candidates: Literal["surrogate", "random", "given"] = Field("surrogate", description="how the features to "
+                                                                "measure were chosen: the surrogate's highest upper "
+                                                                "interval bounds, or at random (a control)")
+    original_support: float | None = Field(None, description="log-odds of the answer's first token on the whole "
+                                           "prompt (signal logprob)")
+    features: list[RefinedFeature]
+    closed_model_calls: int = 0
+    cached_answers: int = 0
+    seconds: float = 0.0
+    notes: list[str] = Field(default_factory=list)
+
+
 class Explanation(BaseModel):
     """The result of `ropelime.explain`: JSON is its `model_dump`."""
 
@@ -204,13 +246,15 @@ class Explanation(BaseModel):
     provenance: dict[str, str] = Field(default_factory=dict)
     verification: Verification | None = Field(None, description="the top features checked with the closed model "
                                                                 "(verify=K), or None")
+    refinement: Refinement | None = Field(None, description="the closed model's own effects of deleting the best "
+                                          "candidates (refine=K): those features rank first, marked measured")
 
     def top(self, k: int = 5, direction: Literal["supporting", "opposing", "both"] = "supporting") -> list[FeatureScore]:
         """The k features with the highest scores (supporting), the largest |score| (both), or the strongest
         opposition: the lowest scores, or under kl/js the highest among those whose removal makes the response
         more likely (negative likelihood effect)."""
-        if direction == "supporting":
-            ordered = sorted(self.features, key=lambda f: -f.score)
+        if direction == "supporting":  # by rank: measured features (refine) first, then by score
+            ordered = sorted(self.features, key=lambda f: (f.rank, -f.score))
         elif direction == "opposing" and any(f.likelihood_effect is not None for f in self.features):
             ordered = sorted((f for f in self.features if (f.likelihood_effect or 0.0) < 0), key=lambda f: -f.score)
         elif direction == "opposing":

@@ -28,19 +28,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ropelime.closed import FALLBACK, ClosedResult, cached_response, fetch_response
-from ropelime.errors import Cancelled, ClosedModelError, InputError
-from ropelime.perturb import perturb_text
+from ropelime.asking import Asker, added_usage, answer_support, without
+from ropelime.closed import ClosedResult
+from ropelime.errors import InputError
 from ropelime.schema import ControlCheck, Explanation, FeatureCheck, Verdict, Verification
-from ropelime.settings import cache_dir
 
 MARGIN = 0.25
 """How much more the feature's removal must lower the similarity than the control's: a quarter of
 the answer's words (one word of a four-word answer)."""
-
-RESERVE_FACTOR = 1.5
-"""Under a deadline, a call starts only while this many times the longest latency seen (the
-original answer's included) remains."""
 
 NEEDS_MODEL = ("verification asks the closed model again: pass model (--model on the command line, model= in "
                "the library and MCP tools), the litellm model string that gave the response")
@@ -81,43 +76,6 @@ def check_request(k: int, model: str | None) -> None:
         raise InputError(NEEDS_MODEL + ".")
 
 
-class _Asker:
-    """Asks the closed model about perturbed prompts through the cache, within a deadline, counting calls."""
-
-    def __init__(self, model: str, system: str | None, *, api_base: str | None, timeout: float,
-                 max_tokens: int | None, deadline: float | None, should_stop: Callable[[], bool] | None) -> None:
-        self.model, self.system, self.api_base = model, system, api_base
-        self.timeout, self.max_tokens = timeout, max_tokens
-        self.deadline, self.should_stop = deadline, should_stop
-        self.calls = self.cached = 0
-        self.latency = 0.0
-
-    def ask(self, prompt: str) -> tuple[ClosedResult | None, str | None]:
-        """The answer (cached or new) or None with the reason; raises Cancelled when asked to stop."""
-        if self.should_stop and self.should_stop():
-            raise Cancelled(f"verification cancelled after {self.calls} closed-model call(s) "
-                            "(answers obtained so far are cached)")
-        hit = cached_response(self.model, prompt, self.system, cache_dir=cache_dir(), api_base=self.api_base,
-                              max_tokens=self.max_tokens)
-        if hit is not None:
-            self.cached += 1
-            return hit, None
-        timeout, retries = self.timeout, 2
-        if self.deadline is not None:
-            remaining = self.deadline - time.perf_counter()
-            if remaining < RESERVE_FACTOR * self.latency or remaining <= 0:
-                return None, "not asked: the time budget would be passed; verify again to finish"
-            timeout, retries = min(timeout, remaining), 0  # a retry could overrun the budget
-        self.calls += 1
-        try:
-            result = fetch_response(self.model, prompt, self.system, cache_dir=cache_dir(), timeout=timeout,
-                                    retries=retries, api_base=self.api_base, max_tokens=self.max_tokens)
-        except ClosedModelError as error:
-            return None, str(error).replace(f", {FALLBACK}", "") + "; verify again to retry"
-        self.latency = max(self.latency, result.latency_s)
-        return result, None
-
-
 def verify(
     explanation: Explanation,
     k: int = 3,
@@ -152,14 +110,8 @@ def verify(
         why = (f"only {len(positive)} feature(s) have a positive score" if len(chosen) == len(positive)
                else f"the control needs a feature outside the verified ones, and there are {len(features)}")
         notes.append(f"verified {len(chosen)} of the {k} features asked for: {why}")
-    asker = _Asker(model, explanation.system, api_base=api_base, timeout=timeout, max_tokens=max_tokens,
-                   deadline=deadline, should_stop=should_stop)
-
-    def removed(indices: list[int]) -> str:
-        keep = np.ones(len(features), dtype=bool)
-        keep[indices] = False
-        return perturb_text(explanation.prompt, features, keep, "delete")
-
+    asker = Asker(model, explanation.system, api_base=api_base, timeout=timeout, max_tokens=max_tokens,
+                  deadline=deadline, should_stop=should_stop)
     pool = sorted(set(range(len(features))) - {f.index for f in chosen})
     drawn = sorted(int(i) for i in np.random.default_rng(explanation.config.seed).choice(
         pool, size=min(len(chosen), len(pool)), replace=False)) if chosen else []
@@ -170,11 +122,14 @@ def verify(
     original, failure = (reference, None) if reference is not None or not chosen else asker.ask(explanation.prompt)
     if original is not None:
         asker.latency = max(asker.latency, original.latency_s)
+        before = answer_support(original.first_token_logprobs, original.text)
         for check, indices in [(control, control.features)] + [(c, [c.feature]) for c in checks]:
-            answer, check.error = asker.ask(removed(indices))
+            answer, check.error = asker.ask(without(explanation.prompt, features, indices))
             if answer is not None:
                 check.answer, check.cached = answer.text, answer.cached
                 check.similarity = round(similarity(answer.text, original.text), 4)
+                after = answer_support(answer.first_token_logprobs, original.text)
+                check.support_drop = None if before is None or after is None else round(before - after, 4)
         for check in checks:
             check.verdict = verdict(check.similarity, control.similarity, margin)
         if explanation.response_source == "given" and similarity(explanation.response, original.text) < 1:
@@ -197,7 +152,8 @@ def verify(
     cost = explanation.cost.model_copy(update={
         "closed_model_calls": explanation.cost.closed_model_calls + asker.calls
         - (previous.closed_model_calls if previous else 0),
-        "seconds": round(explanation.cost.seconds + seconds - (previous.seconds if previous else 0.0), 3)})
+        "seconds": round(explanation.cost.seconds + seconds - (previous.seconds if previous else 0.0), 3),
+        "closed_model_usage": added_usage(explanation.cost.closed_model_usage, asker.usage)})
     return explanation.model_copy(update={"verification": verification, "cost": cost})
 
 
