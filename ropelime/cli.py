@@ -81,6 +81,9 @@ def _explain_parser(sub) -> None:
     src.add_argument("--api-base", help="base URL for the closed model (OpenAI-compatible servers)")
     src.add_argument("--verify", type=int, default=0, metavar="K",
                      help="check the top K supporting features with --model itself (K + 1 more calls, cached)")
+    src.add_argument("--refine", type=int, default=0, metavar="K",
+                     help="measure --model's own effect of deleting the K best candidate features (K more calls, "
+                          "cached) and rank them first, marked measured")
     m = p.add_argument_group("method")
     options.add_options(m, options.RUN)
     m.add_argument("--segment", action="append", metavar="START:END",
@@ -127,9 +130,11 @@ def run_explain(args) -> int:
     if args.top < 1:
         raise InputError(f"--top must be at least 1, got {args.top}.")
     check_output(args.html, "--html")
+    from ropelime.refine import check_request as check_refine
     from ropelime.verify import check_request
 
     check_request(args.verify, args.model)
+    check_refine(args.refine, args.model)
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -149,7 +154,8 @@ def run_explain(args) -> int:
                   console=err, transient=True) as bar:
         task = bar.add_task("scoring", total=None)
         result = explain(prompt, response, model=args.model, system=system, explain=part, config=config,
-                         surrogate=surrogate, api_base=args.api_base, verify=args.verify, started=started,
+                         surrogate=surrogate, api_base=args.api_base, verify=args.verify, refine=args.refine,
+                         started=started,
                          progress=lambda done, total: bar.update(task, completed=done, total=total))
     ExplanationStore().save(result)
     hint = "" if result.verification else f"; check its top features with the closed model: ropelime verify {result.id}"

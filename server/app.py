@@ -24,6 +24,7 @@ from ropelime.render import to_html
 from ropelime.catalogue import DEFAULT_SURROGATE
 from ropelime.schema import ExplainConfig, Explanation, Sampler
 from ropelime.samples import DEFAULT_METHOD
+from ropelime.refine import check_request as check_refine
 from ropelime.verify import check_request
 from ropelime_server.engine import (EngineOptions, engine_of, lifespan_for, run_job, tool_errors,
                                     validation_problems)
@@ -43,7 +44,11 @@ with its explanation_id, optionally for one part of the answer (output_span). Lo
 back INCOMPLETE after the time budget: call again with continue_from to resume from cached scores.
 compare_samplers compares the perturbation samplers' faithfulness, stability and cost. To check whether
 the closed model's own answer rests on the top features, pass verify=K to explain_response or call
-verify_explanation: K + 1 more closed-model calls, each verdict confirmed / not_confirmed / inconclusive."""
+verify_explanation: K + 1 more closed-model calls, each verdict confirmed / not_confirmed / inconclusive.
+A small surrogate's ranking agrees only loosely with a large closed model's own (each explanation says how
+far, as measured): pass refine=K with the model to measure the closed model's own effect of deleting the K
+best candidates (K calls, its log-probabilities when the provider returns them); those rank first, marked
+measured."""
 
 _CLOSED = "litellm model string (e.g. openai/gpt-4o-mini) asked once, at temperature 0, when no response is given; " \
           "its API key comes from the provider's usual environment variable"
@@ -64,6 +69,10 @@ TOOL_DEFAULTS = {"time_budget_s": DEFAULT_TIME_BUDGET_S}
 VerifyArg = Annotated[int, Field(ge=0, le=20, description="check the top K supporting features with the closed model "
                                                       "itself: ask it again without each one, plus one control "
                                                       "call (K + 1 calls, cached); needs model. 0 = no check")]
+RefineArg = Annotated[int, Field(ge=0, le=20, description="measure the closed model's own effect of deleting K "
+                                                      "candidate features (the surrogate's best, by upper interval "
+                                                      "bound): K more calls, cached; those features rank first, "
+                                                      "marked measured; needs model. 0 = surrogate estimates only")]
 TimeBudgetArg = Annotated[float | None, Field(gt=0, description="stop scoring after this many seconds and return a partial "
                                                                 "result marked incomplete (null: no limit)")]
 
@@ -117,6 +126,9 @@ def options_document(options: EngineOptions) -> dict:
                       "to its original answer): confirmed = at least 0.25 lower than a control removing K random "
                       "others; inconclusive = the control's similarity is below 0.25; not_confirmed = otherwise; "
                       "unverified = no answer (fault or time budget)",
+            "refine": "the closed model's own effect of deleting each of K candidates (the surrogate's highest "
+                      "upper interval bounds): the drop of the log-odds of the answer's first token (or 1 − token "
+                      "F1 of its new answer without log-probabilities); measured features rank first",
         },
     }
 
@@ -156,6 +168,7 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
                                                                "other arguments except time_budget_s and verify are "
                                                                "ignored")] = None,
         verify: VerifyArg = 0,
+        refine: RefineArg = 0,
         **method,
     ) -> Annotated[CallToolResult, Explanation]:
         """Attribute an answer to the parts of its prompt (words, sentences or paragraphs).
@@ -172,7 +185,7 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
             if previous is None and prompt is None:
                 raise InputError("give the prompt (or continue_from with the explanation_id of an incomplete explanation).")
             if previous is not None:
-                model = (model or previous.closed_model) if verify else None
+                model = (model or previous.closed_model) if verify or refine else None
             else:
                 config = ExplainConfig(**method)
                 model = model or (None if response is not None else engine.default_model)
@@ -180,12 +193,13 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
             def job(progress, should_stop) -> Explanation:
                 run = dict(model=model, surrogate=engine.surrogate, cache=engine.cache, progress=progress,
                            should_stop=should_stop, api_base=engine.api_base, closed_timeout=engine.closed_timeout,
-                           verify=verify, started=started)
+                           verify=verify, refine=refine, started=started)
                 if previous is not None:
                     return ropelime.resume(previous, time_budget_s=method["time_budget_s"], **run)
                 return ropelime.explain(prompt, response, system=system, explain=explain, config=config, **run)
 
             check_request(verify, model)  # before queueing for the engine
+            check_refine(refine, model)
             result = await run_job(ctx, job, started=started, time_budget_s=method["time_budget_s"])
             engine.store.save(result)
         return _result(explanation_text(result), result.model_dump(mode="json"))
