@@ -500,6 +500,27 @@ def run_audit(args) -> int:
     return 1 if summary.errors else 0
 
 
+def run_replay(args) -> int:
+    from ropelime.research.fidelity import read_prompts
+    from ropelime.research.replay import ReplayEndpoint
+
+    if not 0 <= args.port < 65536:
+        raise InputError(f"--port takes 0 (any free port) to 65535, got {args.port}.")
+    rows = read_prompts(args.data)
+    with ReplayEndpoint(rows, port=args.port, source=Path(args.data).name) as replay:
+        if args.port and replay.port != args.port:
+            raise InputError(f"port {args.port} is taken; choose another or leave --port out.")
+        models = sorted(replay.recordings)
+        print(f"replaying {len(rows)} prompts of {Path(args.data).name} for {', '.join(models)} at {replay.base_url}\n"
+              f"e.g. ropelime explain ... --model openai/{models[0]} --api-base {replay.base_url} --refine 3 "
+              "(any OPENAI_API_KEY); Ctrl-C stops", file=sys.stderr, flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+
+
 def _quiet_libraries(args) -> None:
     """Without -v, turn off the libraries' own progress bars (imports transformers: only when a model loads)."""
     if not args.verbose:
@@ -574,6 +595,13 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(sub)
     _serve_parser(sub)
     _audit_parser(sub)
+    replay = sub.add_parser("replay", help="serve the closed models recorded in a fidelity data file on 127.0.0.1",
+                            description="An OpenAI-compatible endpoint that answers the recorded prompts of a fidelity "
+                                        "data file (unablated, or one user segment deleted) as each recorded model "
+                                        "did, with its label log-probabilities; refuses anything else. Point "
+                                        "--model openai/<name> --api-base at it to verify or refine offline.")
+    replay.add_argument("--data", required=True, metavar="FILE", help="a fidelity data file (.jsonl or .jsonl.gz)")
+    replay.add_argument("--port", type=int, default=0, help="loopback port (default: any free one)")
     models = sub.add_parser("models", help="list the surrogate catalogue; prepare a surrogate once")
     models.add_argument("--prepare", nargs="?", const="gemma3-270m", metavar="NAME",
                         help="join, check and de-quantise a surrogate once into the cache (default: the embedded one)")
@@ -590,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
             given = sys.argv[1:] if argv is None else argv
             return run_eval(args, given[given.index("eval") + 1:])
         return {"explain": run_explain, "verify": run_verify, "models": run_models, "serve": run_serve,
-                "audit": run_audit}[args.command](args)
+                "audit": run_audit, "replay": run_replay}[args.command](args)
     except ValidationError as error:
         print(f"error: {config_problem(error)}", file=sys.stderr)
         return 2

@@ -102,8 +102,11 @@ def feature_segments(row: dict[str, Any], which: Segments) -> list[int]:
     return list(range(n if which == "all" else n - 1))
 
 
-def _support(lps: list[float | None], label: int, log_odds: bool) -> float:
-    """A label's log-probability, or its log-odds against the other labels; NaN when a needed one is missing."""
+def _support(lps: list[float | None] | None, label: int, log_odds: bool) -> float:
+    """A label's log-probability, or its log-odds against the other labels; NaN when a needed one is missing
+    (or the recording holds none)."""
+    if lps is None:
+        return math.nan
     values = np.array([np.nan if v is None else v for v in lps], dtype=np.float64)
     if not log_odds:
         return float(values[label])

@@ -20,8 +20,8 @@ from typing import Any
 from ropelime.research.endpoint import Answer, OpenAIEndpoint, error_answer, message_text
 from ropelime.research.fidelity import api_models
 
-Recording = tuple[list[float | None], dict[str, Any]]
-"""The label log-probabilities of one prompt, and its row."""
+Recording = tuple[list[float | None] | None, dict[str, Any]]
+"""The label log-probabilities of one prompt (None: no label was among the recorded top-K), and its row."""
 
 
 def normalised(text: str) -> str:
@@ -69,7 +69,7 @@ class ReplayEndpoint(OpenAIEndpoint):
         """The chat.completion of one recording: the most probable recorded label as the answer, and every
         recorded label's log-probability as the first token's alternatives (a label outside the recorded
         top-K is absent, as it was from the provider's answer)."""
-        present = [(lp, label) for lp, label in zip(lps, row["labels"]) if lp is not None]
+        present = [(lp, label) for lp, label in zip(lps or [], row["labels"]) if lp is not None]
         if not present:
             content, first = "(no label among the recorded top alternatives)", None
         else:
