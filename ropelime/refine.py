@@ -154,3 +154,18 @@ def _bound(alternatives: dict[str, float]) -> float:
     lowest alternative's log-probability against the rest, a bound that makes the effect a lower bound."""
     lowest = min(alternatives.values())
     return float(lowest - np.logaddexp.reduce(list(alternatives.values())))
+
+
+def summary_lines(refinement: Refinement, width: int = 80) -> list[str]:
+    """A few lines for people and models: what was measured, each feature's effect, and the cost."""
+    r = refinement
+    unit = ("drop of the log-odds of the answer's first token, nats" if r.signal == "logprob"
+            else "1 − token F1 of the new answer")
+    lines = [f"refined with {r.model}: {len(r.features)} feature(s) measured without them ({unit}); "
+             f"{r.closed_model_calls} closed-model call(s), {r.cached_answers} answer(s) from the cache"]
+    for item in r.features:
+        text = " ".join(item.text.split())
+        text = text if len(text) <= width else text[: width - 1] + "…"
+        effect = "not measured" if item.effect is None else f"{item.effect:+.3g}"
+        lines.append(f"feature {item.feature}: {effect} {text!r}" + (f"; {item.error}" if item.error else ""))
+    return lines + [f"note: {n}" for n in r.notes]

@@ -13,6 +13,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
+from ropelime.refine import summary_lines as refinement_lines
 from ropelime.reliability import NOISE, excludes_zero
 from ropelime.samples import DEFAULT_METHOD
 from ropelime.schema import Explanation, FeatureScore
@@ -165,11 +166,19 @@ def top_table(explanation: Explanation, k: int = 10) -> Table:
         table.add_column("direction", no_wrap=True)
     if verdicts:
         table.add_column("closed model", no_wrap=True)
+    refined = explanation.refinement is not None
+    if refined:
+        table.add_column("evidence", no_wrap=True)
     for f in shown:
         table.add_row(str(f.rank), Text(_shorten(f.text)), Text(number(f.score), style=_rich_style(f.score, scale)),
                       _ci(f), "*" if excludes_zero(f) else "", *([f.direction or ""] if directed else []),
-                      *([verdicts.get(f.index, "")] if verdicts else []))
+                      *([verdicts.get(f.index, "")] if verdicts else []), *([evidence_text(f)] if refined else []))
     return table
+
+
+def evidence_text(feature: FeatureScore) -> str:
+    """`measured +2.8` (the closed model's own effect, refine) or `estimate` (the surrogate's score only)."""
+    return "estimate" if feature.closed_effect is None else f"measured {number(feature.closed_effect)}"
 
 
 def _unsigned(explanation: Explanation) -> bool:
@@ -213,6 +222,10 @@ def print_explanation(explanation: Explanation, console: Console, k: int = 10) -
     if reliability is not None:
         console.print(Text.assemble(("reliability: ", "bold"), (reliability.verdict, _VERDICT_STYLE[reliability.verdict]),
                                     " — " + "; ".join(reliability.reasons)))
+    if explanation.diagnostics.expected_fidelity:
+        console.print(Text.assemble(("fidelity: ", "bold"), explanation.diagnostics.expected_fidelity))
+    if explanation.refinement:
+        console.print(Text("\n".join(refinement_lines(explanation.refinement))))
     if explanation.verification:
         console.print(Text("\n".join(summary_lines(explanation.verification))))
     for note in explanation.diagnostics.notes:
@@ -273,9 +286,11 @@ def _html_top(explanation: Explanation, scale: float, k: int = 20) -> str:
         f'<td class="num" style="{_style_attr(f.score, scale)}">{number(f.score)}</td>'
         f'<td class="num">{_esc(_ci(f))}</td><td>{"*" if excludes_zero(f) else ""}</td>'
         + (f"<td>{_esc(direction_text(f))}</td>" if directed else "")
-        + (f"<td>{_esc(verdicts.get(f.index, ''))}</td>" if verdicts else "") + "</tr>"
+        + (f"<td>{_esc(verdicts.get(f.index, ''))}</td>" if verdicts else "")
+        + (f"<td>{_esc(evidence_text(f))}</td>" if explanation.refinement else "") + "</tr>"
         for f in shown_features(explanation, k))
-    extra = ("<th>direction</th>" if directed else "") + ("<th>closed model</th>" if verdicts else "")
+    extra = ("<th>direction</th>" if directed else "") + ("<th>closed model</th>" if verdicts else "") + (
+        "<th>evidence</th>" if explanation.refinement else "")
     return ("<table><thead><tr><th>rank</th><th>feature</th><th>score</th><th>95% interval</th><th></th>"
             f"{extra}</tr></thead><tbody>{rows}</tbody></table>"
             f'<p class="facts">{_esc(_table_caption(explanation))}</p>')
@@ -307,9 +322,19 @@ def _html_verification(explanation: Explanation) -> str:
     return f"\n<h2>Verified with the closed model</h2>\n<ul>{items}</ul>"
 
 
+def _html_refinement(explanation: Explanation) -> str:
+    """The closed model's measured effects as a list (nothing without a refinement)."""
+    if explanation.refinement is None:
+        return ""
+    items = "".join(f"<li>{_esc(line)}</li>" for line in refinement_lines(explanation.refinement, width=120))
+    return f"\n<h2>Measured on the closed model</h2>\n<ul>{items}</ul>"
+
+
 def _html_reliability(explanation: Explanation) -> str:
     line = reliability_line(explanation)
-    return "" if line is None else f'\n<p class="reliability"><strong>{_esc(line)}</strong></p>'
+    fidelity = explanation.diagnostics.expected_fidelity
+    return ("" if line is None else f'\n<p class="reliability"><strong>{_esc(line)}</strong></p>') + (
+        f'\n<p class="facts">fidelity: {_esc(fidelity)}</p>' if fidelity else "")
 
 
 def to_html(explanation: Explanation) -> str:
@@ -334,7 +359,7 @@ def to_html(explanation: Explanation) -> str:
 {_html_legend(explanation, scale)}
 <div class="box prompt">{_html_prompt(explanation, scale)}</div>
 <h2>Top features by |score|</h2>
-{_html_top(explanation, scale)}{_html_verification(explanation)}
+{_html_top(explanation, scale)}{_html_refinement(explanation)}{_html_verification(explanation)}
 <h2>Method, diagnostics and cost</h2>
 {_html_method(explanation)}
 </body>

@@ -128,6 +128,9 @@ class Diagnostics(BaseModel):
     notes: list[str] = Field(default_factory=list)
     reliability: Reliability | None = Field(None, description="verdict and reasons derived from the fit, the "
                                             "surrogate's NLL, the intervals and completeness")
+    expected_fidelity: str | None = Field(None, description="how far this surrogate's ranking agrees with a closed "
+                                          "model's own, as measured (docs/EVALUATION.md, fidelity), and what "
+                                          "refine=K adds")
 
 
 class Cost(BaseModel):

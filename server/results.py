@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from ropelime.compare import Comparison
 from ropelime.render import direction_text, number, reliability_line, target_of
 from ropelime.schema import Explanation, FeatureScore
+from ropelime.refine import summary_lines as refinement_lines
 from ropelime.verify import summary_lines
 
 Direction = Literal["supporting", "opposing", "both"]
@@ -39,7 +40,9 @@ def feature_lines(features: list[FeatureScore]) -> list[str]:
     """`#rank score [low, high] 'text'`, one line per feature; under kl/js the direction before the text
     (`supports +0.12 'text'`: the response's likelihood effect)."""
     return [f"#{f.rank} {number(f.score)} [{number(f.ci_low)}, {number(f.ci_high)}] "
-            f"{direction_text(f) + ' ' if f.likelihood_effect is not None else ''}{shorten(f.text)!r}"
+            f"{direction_text(f) + ' ' if f.likelihood_effect is not None else ''}"
+            f"{'measured on the closed model ' + number(f.closed_effect) + ' ' if f.closed_effect is not None else ''}"
+            f"{shorten(f.text)!r}"
             for f in features]
 
 
@@ -85,6 +88,8 @@ def explanation_text(explanation: Explanation, k: int = 5) -> str:
     lines += [
         f"fit R² {d.r2:.2f}; surrogate NLL of the response {d.surrogate_nll:.2f}; "
         f"cost {c.closed_model_calls} closed-model call(s), {c.surrogate_forward_passes} surrogate passes, {c.seconds:.1f} s",
+        *([f"fidelity: {d.expected_fidelity}"] if d.expected_fidelity else []),
+        *(refinement_lines(explanation.refinement) if explanation.refinement else []),
         *(summary_lines(explanation.verification) if explanation.verification else []),
         f"full explanation in the structured content; resources explanation://{explanation.id} (JSON) "
         f"and explanation://{explanation.id}/html (heat map)",

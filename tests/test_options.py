@@ -30,16 +30,22 @@ def help_of(capsys, *argv: str) -> str:
     return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
 
 
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    return dict(sub.choices) if sub else {}
+
+
 def parsers() -> dict[str, argparse.ArgumentParser]:
-    """The subcommand parsers, as `main` builds them."""
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(sub.choices)
+    """The subcommand parsers, as `main` builds them ("eval mmlu" for a subcommand's own)."""
+    found = subparsers(build_parser())
+    return found | {f"{name} {task}": parser for name in list(found) for task, parser in subparsers(found[name]).items()}
 
 
-@pytest.mark.parametrize("command, names", [("explain", RUN), ("audit", RUN), ("eval", METHOD)])
+@pytest.mark.parametrize("command, names", [("explain", RUN), ("audit", RUN), ("eval hotpotqa", METHOD),
+                                            ("eval mmlu", METHOD), ("eval fidelity", METHOD)])
 def test_cli_options_are_the_config_fields(command, names, capsys):
     actions = {a.dest: a for a in parsers()[command]._actions}
-    text = help_of(capsys, command)
+    text = help_of(capsys, *command.split())
     for name in names:
         action = actions[name]
         assert flag(name) in action.option_strings
@@ -53,11 +59,12 @@ def test_cli_options_are_the_config_fields(command, names, capsys):
         assert " ".join(description.split())[:40] in text, name
 
 
-def test_eval_budget_default_is_the_configs(capsys):
+@pytest.mark.parametrize("task", ["hotpotqa", "mmlu", "fidelity"])
+def test_eval_budget_default_is_the_configs(task, capsys):
     """eval's --budget also takes 'd' (one per feature), so it is its own option, with the config's default."""
-    budget = next(a for a in parsers()["eval"]._actions if a.dest == "budget")
+    budget = next(a for a in parsers()[f"eval {task}"]._actions if a.dest == "budget")
     assert budget.default == str(DEFAULTS.budget)
-    assert f"(default: {DEFAULTS.budget})" in help_of(capsys, "eval").split("--budget BUDGET")[-1]
+    assert f"(default: {DEFAULTS.budget})" in help_of(capsys, "eval", task).split("--budget BUDGET")[-1]
 
 
 @pytest.fixture

@@ -60,7 +60,7 @@ async def test_four_read_only_tools_with_output_schemas(server, mode):
     assert {"features", "diagnostics", "cost"} <= set(tools["explain_response"].output_schema["properties"])
     explain_args = set(tools["explain_response"].input_schema["properties"])
     assert {"prompt", "response", "model", "system", "explain", "granularity", "budget", "sampler", "target",
-            "kernel", "perturb", "seed", "time_budget_s", "continue_from", "verify"} == explain_args
+            "kernel", "perturb", "seed", "time_budget_s", "continue_from", "verify", "refine"} == explain_args
     assert tools["explain_response"].input_schema["properties"]["time_budget_s"]["default"] == 40
 
 

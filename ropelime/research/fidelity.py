@@ -34,6 +34,7 @@ CLOSED_MODELS = ("gpt-4o", "gpt-4-1", "gemini-2-5-flash-lite-vertex")
 """The closed models of the data, in the order reports list them."""
 
 POSITION = "position prior"
+OVERLAP = "question-overlap prior"
 MIN_LABEL_MASS = 0.5
 """A model is skipped on a prompt where its recorded labels hold less probability than this (the README:
 its answer is then mostly outside the recorded labels)."""
@@ -168,6 +169,9 @@ def estimates_of(record: dict[str, Any]) -> Iterator[tuple[str, np.ndarray, np.n
                 yield name, _array(record[name]), None if record["unsigned"] else _array(record[name])
     prior = position_prior(record["d"])
     yield POSITION, prior, prior
+    if "prior" in record:  # ties broken by position, as the prior itself ranks them
+        overlap = np.array(record["prior"], dtype=np.float64) + 1e-6 * prior
+        yield OVERLAP, overlap, overlap
     for model, values in record["references"].items():
         yield model, np.abs(_array(values)), _array(values)
 
@@ -240,6 +244,7 @@ def prompt_records(row: dict[str, Any], models: list[str], which: Segments, conf
     """One record per closed model in `models` that answered the row: its answer, LOO, the explanation's scores
     (one explanation per distinct answer), the references' LOO and, with `refine`, the refined rankings.
     `budget` 'd' scores one mask per segment."""
+    from ropelime.priors import question_overlap
     from ropelime.targets import TARGETS
 
     indices = feature_segments(row, which)
@@ -263,6 +268,7 @@ def prompt_records(row: dict[str, Any], models: list[str], which: Segments, conf
             features = sorted(explanation.features, key=lambda f: f.index)
             unsigned = not TARGETS[explanation.config.target].signed
             record |= {"unsigned": unsigned, "scores": [f.score for f in features],
+                       "prior": question_overlap(row["user"], features, response).round(5).tolist(),
                        "effects": [f.likelihood_effect for f in features] if unsigned else None,
                        "ci_high": [f.ci_high for f in features], "surrogate": explanation.surrogate.name,
                        "surrogate_seconds": explanation.cost.seconds,
