@@ -22,7 +22,7 @@ from ropelime.registry import Registry
 from ropelime.schema import ExplainConfig
 
 METHOD = ("sampler", "k", "sizes", "target", "kernel", "kernel_width", "kernel_cost", "kernel_normalise", "perturb",
-          "prompt_format", "solver", "alpha", "adjust_position", "seed")
+          "prompt_format", "solver", "alpha", "adjust_position", "prior_weight", "seed")
 """The method choices every command that explains takes (`explain`, `audit`, `eval`)."""
 
 RUN = ("granularity", "budget", *METHOD, "time_budget_s", "converge_top_k")

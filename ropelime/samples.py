@@ -20,6 +20,7 @@ from ropelime.errors import InputError
 from ropelime.fit import SOLVERS, LinearFit, fit_linear
 from ropelime.kernels import KERNELS, kernel_weights
 from ropelime.position import position_factors, position_note
+from ropelime.priors import question_overlap
 from ropelime.reliability import assess
 from ropelime.samplers import SAMPLERS, default_k
 from ropelime.schema import (Cost, Diagnostics, Direction, ExplainConfig, Explanation, Feature, FeatureScore,
@@ -29,7 +30,8 @@ from ropelime.targets import TARGETS, support_sign, target_notes, target_vector
 BOOTSTRAP = 200
 """Bootstrap draws of the fit's intervals."""
 
-FIT_OPTIONS = frozenset({"target", "solver", "alpha", "kernel", "kernel_width", "kernel_normalise", "adjust_position"})
+FIT_OPTIONS = frozenset({"target", "solver", "alpha", "kernel", "kernel_width", "kernel_normalise", "adjust_position",
+                         "prior_weight"})
 """The method options a refit of scored samples may change (the others choose what is scored)."""
 
 Positions = slice | np.ndarray
@@ -196,6 +198,11 @@ def fit_samples(samples: ScoredSamples, *, output_span: str | None = None, notes
         scores, low, high = scores * factors, low * factors, high * factors
     if config.adjust_position:
         position_notes.append(position_note(None if adjusted is None else adjusted[1]))
+    if config.prior_weight:
+        shift = prior_shift(samples, scores, config.prior_weight)
+        scores, low, high = scores + shift, low + shift, high + shift
+        position_notes.append(f"scores combined with the question-overlap prior (weight {config.prior_weight:g}): "
+                              "a feature sharing rare words with the prompt's fixed text or the answer ranks higher")
     if TARGETS[config.target].signed:
         effect, directions = None, directions_of(low, high)
     else:  # the direction an unsigned score lacks: the same fit on the response's likelihood, from the same scores
@@ -225,6 +232,15 @@ def fit_samples(samples: ScoredSamples, *, output_span: str | None = None, notes
         provenance={"ropelime": version("ropelime"), "torch": version("torch"),
                     "transformers": version("transformers"), "seed": str(config.seed)},
     )
+
+
+def prior_shift(samples: Inputs, scores: np.ndarray, weight: float) -> np.ndarray:
+    """What the question-overlap prior adds to each score: `weight` × the scores' spread × the prior's z-score
+    (nothing where either is constant)."""
+    prior = question_overlap(samples.prompt, samples.features, samples.response)
+    if prior.std() == 0 or scores.std() == 0:
+        return np.zeros_like(scores)
+    return weight * scores.std() * (prior - prior.mean()) / prior.std()
 
 
 def as_support(fit: LinearFit, target: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

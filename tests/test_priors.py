@@ -1,0 +1,48 @@
+"""The question-overlap prior: what it counts, and its combination with the surrogate's scores (`prior_weight`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ropelime
+from ropelime.features import split_features
+from ropelime.priors import fixed_text, question_overlap, words
+
+CONTEXT = "Paris is the capital of France. Cats sleep a lot. France borders Spain."
+PROMPT = f"Context: {CONTEXT}\nQuestion: is Paris the capital of France?"
+
+
+def features():
+    start = PROMPT.index(CONTEXT)
+    return split_features(PROMPT, "sentence", explain=(start, start + len(CONTEXT)))
+
+
+def test_words_drop_function_words_and_case():
+    assert words("Is Paris THE capital of France?") == {"paris", "capital", "france"}
+
+
+def test_overlap_counts_shared_rare_words_with_the_fixed_text_and_the_answer():
+    found = features()
+    assert [f.text.strip() for f in found] == ["Paris is the capital of France.", "Cats sleep a lot.",
+                                               "France borders Spain."]
+    assert "Question: is Paris" in fixed_text(PROMPT, found) and "Cats" not in fixed_text(PROMPT, found)
+    prior = question_overlap(PROMPT, found, "true")
+    assert prior[0] > prior[2] > prior[1] == 0  # three shared words; one (france, held by two features); none
+    assert question_overlap(PROMPT, found, "Cats")[1] > 0  # the answer's words count too
+
+
+def test_prior_weight_moves_scores_by_the_prior_and_keeps_interval_widths(tiny_surrogate):
+    start = PROMPT.index(CONTEXT)
+    common = dict(explain=CONTEXT, surrogate=tiny_surrogate, budget=8, granularity="sentence")
+    plain = ropelime.explain(PROMPT, "true", **common)
+    mixed = ropelime.explain(PROMPT, "true", prior_weight=100.0, **common)
+    assert start >= 0 and mixed.top(1)[0].index == 0  # the prior dominates at this weight
+    assert any("question-overlap prior" in n for n in mixed.diagnostics.notes)
+    by_index = {f.index: f for f in plain.features}
+    for f in mixed.features:
+        before = by_index[f.index]
+        assert f.ci_high - f.score == pytest.approx(before.ci_high - before.score)
+        assert f.score - before.score == pytest.approx(f.ci_low - before.ci_low)
+    assert np.argsort([f.score for f in mixed.features]).tolist() == np.argsort(
+        question_overlap(PROMPT, features(), "true") + 1e-9 * np.arange(3)[::-1]).tolist()
