@@ -27,6 +27,7 @@ import numpy as np
 from ropelime.asking import Asker, added_usage, answer_support, without
 from ropelime.closed import ClosedResult
 from ropelime.errors import InputError
+from ropelime.expected_fidelity import expected_fidelity
 from ropelime.schema import Explanation, Refinement, RefinedFeature
 from ropelime.targets import TARGETS
 
@@ -146,7 +147,10 @@ def refine(
         "closed_model_calls": explanation.cost.closed_model_calls + asker.calls,
         "seconds": round(explanation.cost.seconds + seconds, 3),
         "closed_model_usage": added_usage(explanation.cost.closed_model_usage, asker.usage)})
-    return ranked(explanation, measured).model_copy(update={"refinement": refinement, "cost": cost})
+    diagnostics = explanation.diagnostics.model_copy(update={"expected_fidelity": expected_fidelity(
+        explanation.surrogate.name, explanation.config.granularity, refined=len(measured))})
+    return ranked(explanation, measured).model_copy(update={"refinement": refinement, "cost": cost,
+                                                           "diagnostics": diagnostics})
 
 
 def _bound(alternatives: dict[str, float]) -> float:

@@ -19,6 +19,7 @@ from ropelime.cache import digest
 from ropelime.errors import InputError
 from ropelime.fit import SOLVERS, LinearFit, fit_linear
 from ropelime.kernels import KERNELS, kernel_weights
+from ropelime.expected_fidelity import expected_fidelity
 from ropelime.position import position_factors, position_note
 from ropelime.priors import question_overlap
 from ropelime.reliability import assess
@@ -221,6 +222,7 @@ def fit_samples(samples: ScoredSamples, *, output_span: str | None = None, notes
                               notes=[*fit.notes, *position_notes, *sampling_notes(samples, config),
                                      *target_notes(config.target), *(notes or [])])
     diagnostics.reliability = assess(diagnostics, features)
+    diagnostics.expected_fidelity = expected_fidelity(samples.surrogate.name, config.granularity)
     cost = samples.cost.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
     return Explanation(
         id=explanation_id(samples.prompt, samples.system, samples.span, samples.response, config,

@@ -46,3 +46,13 @@ def test_prior_weight_moves_scores_by_the_prior_and_keeps_interval_widths(tiny_s
         assert f.score - before.score == pytest.approx(f.ci_low - before.ci_low)
     assert np.argsort([f.score for f in mixed.features]).tolist() == np.argsort(
         question_overlap(PROMPT, features(), "true") + 1e-9 * np.arange(3)[::-1]).tolist()
+
+
+def test_every_explanation_states_its_expected_fidelity():
+    from ropelime.expected_fidelity import MEASURED, expected_fidelity
+
+    name, measured = next(iter(MEASURED.items()))
+    sentence = expected_fidelity(name, "sentence")
+    assert f"{measured.spearman:+.2f}" in sentence and "GPT-4o" in sentence and "refine" in sentence
+    assert "measured on sentences" in expected_fidelity(name, "word")
+    assert "not measured" in expected_fidelity("my-own-model", "sentence")

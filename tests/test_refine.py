@@ -110,6 +110,8 @@ def test_refine_measures_the_closed_models_own_loo_and_ranks_it_first(row, repla
     rest = [f.index for f in sorted(explanation.features, key=lambda f: -f.score) if f.index not in chosen]
     assert [f.index for f in by_rank[2:]] == rest  # the estimates keep the surrogate's order
     assert refined.top(2) == by_rank[:2]
+    assert "not measured" in explanation.diagnostics.expected_fidelity  # the tiny model is not catalogued
+    assert refined.diagnostics.expected_fidelity.startswith("the 2 feature(s) marked measured")
     assert refined.cost.closed_model_calls == explanation.cost.closed_model_calls + 3
     again = refine(explanation, 2, model=f"openai/{MODEL}", api_base=replay_url)
     assert again.refinement.closed_model_calls == 0 and again.refinement.cached_answers == 3
