@@ -162,3 +162,19 @@ def test_answer_support_reads_the_first_tokens_alternatives():
     assert answer_support(alternatives, "true") == pytest.approx(np.log(0.2 / 0.8))
     assert answer_support({"ent": -0.1, "neutral": -2.5}, "entailment") == pytest.approx(-0.1 + 2.5)
     assert answer_support({"true": -0.1}, "false") is None and answer_support(None, "false") is None
+
+
+def test_the_command_line_refines_and_shows_what_was_measured(row, replay_url, tiny_model_dir, capsys):
+    from ropelime.cli import main
+
+    spans = [f"{row['segments'][i]['start']}:{row['segments'][i]['end']}" for i in range(len(row["segments"]) - 1)]
+    argv = ["explain", "--prompt", row["user"], "--system", row["system"], "--model", f"openai/{MODEL}",
+            "--api-base", replay_url, "--refine", "2", "--surrogate", str(tiny_model_dir), "--device", "cpu",
+            "--budget", "8", *[x for span in spans for x in ("--segment", span)]]
+    assert main([*argv, "--json"]) == 0
+    result = ropelime.Explanation.model_validate_json(capsys.readouterr().out)
+    assert result.refinement.signal == "logprob" and len(result.refinement.features) == 2
+    assert result.cost.closed_model_calls == 3 and result.cost.closed_model_usage["total_tokens"] > 0
+    assert main(argv) == 0  # the table: measured features first, with their effect; the refinement's lines
+    out = " ".join(capsys.readouterr().out.split())
+    assert "evidence" in out and "measured" in out and "refined with openai/gpt-4o" in out and "fidelity:" in out
