@@ -108,7 +108,7 @@ def output_positions(response: str, offsets: list[tuple[int, int]], output_span:
     return positions
 
 
-UNSET_DEFAULTS = ("target", "sampler", "solver", "k", "alpha", "kernel_width")
+UNSET_DEFAULTS = ("target", "sampler", "solver", "k", "alpha", "kernel_width", "prior_weight")
 """Options whose default is written as None and chosen per explanation (`resolve_config`)."""
 
 DEFAULT_METHOD = {"target": "kl", "sampler": "loo_pairs"}
@@ -119,10 +119,18 @@ predicting the KL of held-out masks) and on MMLU's words (§8.16: +0.13 on Gemma
 the 0.5B, against sparse_k's masks fitted to the NLL)."""
 
 
+PRIOR_WEIGHT = {"word": 0.0, "sentence": 2.0, "paragraph": 2.0, "segments": 2.0}
+"""The question-overlap prior's weight when none is given (`ropelime.priors`, docs/EVALUATION.md section 9):
+chosen on the first half of 150 BoolQ dev prompts against GPT-4o / GPT-4.1 / Gemini's own leave-one-out; on
+the other half +0.23 [+0.14, +0.31] Spearman over Gemma 3 270M alone and +0.21 [+0.11, +0.30] over the 0.5B;
+on HotpotQA's gold sentences +0.06 [+0.00, +0.12] AUROC over Gemma alone and +0.03 [+0.01, +0.04] over the
+prior alone. On MMLU's words a tie (+0.004 [−0.022, +0.029]), so words keep the surrogate's scores alone."""
+
+
 def resolve_config(config: ExplainConfig, d: int) -> ExplainConfig:
     """The config with the values an explanation over d features uses in place of None: the target and
-    sampler (`DEFAULT_METHOD`), the solver (the sampler's), sparse_k's k, the ridge/lasso alpha and the
-    kernel width (None stays where the option does not apply)."""
+    sampler (`DEFAULT_METHOD`), the solver (the sampler's), sparse_k's k, the ridge/lasso alpha, the
+    kernel width and the prior's weight (None stays where the option does not apply)."""
     sampler = config.sampler or DEFAULT_METHOD["sampler"]
     solver = config.solver or SAMPLERS[sampler].solver
     resolved = {
@@ -132,6 +140,7 @@ def resolve_config(config: ExplainConfig, d: int) -> ExplainConfig:
         "k": min(config.k or default_k(d), max(d - 1, 1)) if SAMPLERS[sampler].uses_k else config.k,
         "alpha": SOLVERS[solver].default_alpha if config.alpha is None else config.alpha,
         "kernel_width": KERNELS[config.kernel].default_width if config.kernel_width is None else config.kernel_width,
+        "prior_weight": PRIOR_WEIGHT[config.granularity] if config.prior_weight is None else config.prior_weight,
     }
     return config.model_copy(update=resolved)
 

@@ -99,10 +99,12 @@ class ExplainConfig(BaseModel):
                                   "at the feature's position, fitted over the features (a small surrogate reacts "
                                   "more to text near the end of a long prompt, whatever it says); measured a tie on "
                                   "held-out dev items, so off unless asked (docs/EVALUATION.md section 8.18)")
-    prior_weight: float = Field(0.0, ge=0, le=100, description="combine each score with the question-overlap "
-                                "prior (how much a feature shares the rare words of the prompt's fixed text and of "
-                                "the answer): score + w × the scores' spread × the prior's z-score; 0 = the "
-                                "surrogate's scores alone (docs/EVALUATION.md, fidelity)")
+    prior_weight: float | None = Field(None, ge=0, le=100, description="combine each score with the "
+                                       "question-overlap prior (how much a feature shares the rare words of the "
+                                       "prompt's fixed text and of the answer): score + w × the scores' spread × "
+                                       "the prior's z-score; 0 = the surrogate's scores alone; unset = 2 for "
+                                       "sentences, paragraphs and segments (measured closer to closed models' own "
+                                       "reasons and to gold evidence), 0 for words (a tie there)")
     seed: int = Field(0, description="masks and intervals are deterministic per seed")
     time_budget_s: float | None = Field(None, gt=0, description="stop scoring before this many seconds would pass "
                                         "and return a partial result marked incomplete (null: no limit)")

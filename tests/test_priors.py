@@ -35,7 +35,7 @@ def test_overlap_counts_shared_rare_words_with_the_fixed_text_and_the_answer():
 def test_prior_weight_moves_scores_by_the_prior_and_keeps_interval_widths(tiny_surrogate):
     start = PROMPT.index(CONTEXT)
     common = dict(explain=CONTEXT, surrogate=tiny_surrogate, budget=8, granularity="sentence")
-    plain = ropelime.explain(PROMPT, "true", **common)
+    plain = ropelime.explain(PROMPT, "true", prior_weight=0.0, **common)
     mixed = ropelime.explain(PROMPT, "true", prior_weight=100.0, **common)
     assert start >= 0 and mixed.top(1)[0].index == 0  # the prior dominates at this weight
     assert any("question-overlap prior" in n for n in mixed.diagnostics.notes)
@@ -56,3 +56,11 @@ def test_every_explanation_states_its_expected_fidelity():
     assert f"{measured.spearman:+.2f}" in sentence and "GPT-4o" in sentence and "refine" in sentence
     assert "measured on sentences" in expected_fidelity(name, "word")
     assert "not measured" in expected_fidelity("my-own-model", "sentence")
+
+
+def test_the_prior_is_on_by_default_for_sentences_and_off_for_words(tiny_surrogate):
+    common = dict(explain=CONTEXT, surrogate=tiny_surrogate, budget=8)
+    assert ropelime.explain(PROMPT, "true", granularity="sentence", **common).config.prior_weight == 2.0
+    assert ropelime.explain(PROMPT, "true", granularity="word", **common).config.prior_weight == 0.0
+    own = ropelime.explain(PROMPT, "true", granularity="sentence", prior_weight=0.5, **common)
+    assert own.config.prior_weight == 0.5

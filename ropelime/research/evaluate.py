@@ -41,12 +41,12 @@ HOTPOT_INSTRUCTION = "Answer the question using the context. Reply with a short 
 MMLU_INSTRUCTION = "The following is a multiple choice question about {subject}. Reply with the letter and the text of the correct choice."
 
 BASELINES: dict[str, dict[str, Any]] = {
-    "loo": {"sampler": "loo", "kernel": "uniform", "solver": "ols", "adjust_position": False},
+    "loo": {"sampler": "loo", "kernel": "uniform", "solver": "ols", "adjust_position": False, "prior_weight": 0.0},
     "contextcite": {"sampler": "bernoulli", "target": "logit_prob", "solver": "lasso", "kernel": "uniform",
-                    "adjust_position": False},
+                    "adjust_position": False, "prior_weight": 0.0},
 }
 """Method overrides of the baselines run on the surrogate (the rest comes from the evaluated config); they
-read the scores as published, with no adjustment for position."""
+read the scores as published, with no adjustment for position and no text prior."""
 
 METHODS = ("ropelime", *BASELINES, "gsmile")
 

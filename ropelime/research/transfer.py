@@ -39,7 +39,8 @@ from ropelime.verify import similarity, verify
 TOP_LOO = 2
 """The stand-in's top leave-one-out features that count as what its answer rests on."""
 VERIFY_K = 3
-STANDIN_LOO = {"sampler": "loo", "kernel": "uniform", "solver": "ols", "target": "nll", "perturb": "delete"}
+STANDIN_LOO = {"sampler": "loo", "kernel": "uniform", "solver": "ols", "target": "nll", "perturb": "delete",
+               "prior_weight": 0.0}
 
 CHANGED_MUCH = 0.5
 """Token F1 to the original answer below which an answer counts as changed much (not just reworded)."""
