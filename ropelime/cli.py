@@ -249,6 +249,9 @@ def _gold_eval_parser(p: argparse.ArgumentParser, task: str) -> None:
     c.add_argument("--transfer", action="store_true",
                    help="with --closed-local: score the methods against the stand-in's own leave-one-out, answer "
                         "changes on removing their top features, and verification (docs/EVALUATION.md)")
+    c.add_argument("--refine", type=int, default=0, metavar="K",
+                   help="with --transfer: refine each explanation with K calls to the stand-in first, and score the "
+                        "refined ranking")
     p.add_argument("--heldout", type=int, default=32, help="held-out masks for LDS (0 = no faithfulness)")
     p.add_argument("--reuse-scores", action="store_true",
                    help="score explanations through the persistent cache (refits cost nothing; cost counts new scoring only)")
@@ -296,6 +299,10 @@ def run_eval(args, argv: list[str]) -> int:
         raise InputError("--skip takes 0 or more items and --limit 1 or more.")
     if args.transfer and not args.closed_local:
         raise InputError("--transfer needs --closed-local MODEL: the stand-in's own leave-one-out is computed locally.")
+    if args.refine and not args.transfer:
+        raise InputError("--refine K applies with --transfer (the stand-in is the closed model it asks).")
+    if args.refine < 0:
+        raise InputError(f"--refine takes 0 or more calls, got {args.refine}.")
     try:
         config = options.config_from_args(args, options.METHOD)
     except ValidationError as error:
@@ -358,8 +365,8 @@ def run_eval(args, argv: list[str]) -> int:
                 from ropelime.research.transfer import run_transfer, transfer_table
 
                 report = run_transfer(items, methods, config, budget=budget, surrogate=surrogate, standin=local,
-                                      closed=closed, reuse_scores=args.reuse_scores, step=step, checkpoint=save,
-                                      previous=previous)
+                                      closed=closed, reuse_scores=args.reuse_scores, refine=args.refine, step=step,
+                                      checkpoint=save, previous=previous)
             else:
                 report = run_evaluation(items, methods, config, budget=budget, surrogate=surrogate, closed=closed,
                                         heldout=args.heldout, reuse_scores=args.reuse_scores, step=step,

@@ -95,3 +95,38 @@ def test_eval_transfer_end_to_end_on_the_tiny_model(tiny_model_dir, tmp_path, ca
     assert summary["ap"]["n"] == 2 and "top3_vs_random3" in summary and "confirmed_pooled" in summary
     assert report["summary"]["loo"]["spearman"]["mean"] == pytest.approx(1.0)  # the stand-in explains itself
     assert "transfer to" in capsys.readouterr().out
+
+
+def test_transfer_with_refinement_scores_the_refined_ranking(tiny_surrogate, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-local-stub")
+    item = hotpotqa_item(ROW)
+
+    def reply(messages):
+        return "Paris." if KEY in messages[-1]["content"] else "I do not know."
+
+    with OpenAIStub(reply=reply) as stub:
+        closed = Closed(model="openai/stub-model", api_base=stub.base_url, max_tokens=8)
+        records = transfer_item(item, ["ropelime"], ExplainConfig(target="nll"), budget=6, surrogate=tiny_surrogate,
+                                standin=tiny_surrogate, closed=closed, refine=6)
+    record = records[0]
+    assert "error" not in record and sorted(record["refined"]) == list(range(6))  # every feature measured
+    assert record["refine_signal"] == "similarity"  # the stub gives no log-probabilities
+    assert record["top1"] == [0]  # only the key sentence's deletion changes the answer: it ranks first
+    assert record["top1_changed"] and record["closed_calls"] >= 6
+
+
+def test_a_local_stand_in_serves_its_first_tokens_log_probabilities(tiny_surrogate, monkeypatch, tmp_path):
+    import math
+
+    from ropelime.closed import fetch_response
+    from ropelime.research.endpoint import OpenAIEndpoint, local_model_reply
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-local")
+    with OpenAIEndpoint(local_model_reply(tiny_surrogate, max_new_tokens=3, top_logprobs=5)) as endpoint:
+        plain = fetch_response("openai/local", "Say something.", cache_dir=tmp_path, api_base=endpoint.base_url)
+        rich = fetch_response("openai/local", "Say something.", cache_dir=tmp_path, api_base=endpoint.base_url,
+                              logprobs=True)
+    assert plain.first_token_logprobs is None and rich.text == plain.text
+    alternatives = rich.first_token_logprobs
+    assert 1 <= len(alternatives) <= 5 and all(lp <= 0 for lp in alternatives.values())
+    assert sum(math.exp(lp) for lp in alternatives.values()) <= 1 + 1e-6

@@ -22,10 +22,14 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     from ropelime.surrogate import Surrogate
 
-Reply = str | Callable[[list[dict[str, Any]]], str]
+Alternatives = dict[str, float]
+"""The first answer token's top alternatives and their log-probabilities."""
+Reply = str | Callable[[list[dict[str, Any]]], str | tuple[str, Alternatives]]
 Answer = tuple[int, bytes, dict[str, str]]
 """HTTP status, body, extra headers."""
 
@@ -120,14 +124,18 @@ class OpenAIEndpoint:
 
     def answer(self, body: dict[str, Any], recorded: Any) -> Answer:
         """The response to an authorised, non-streaming chat-completion request."""
-        return 200, json.dumps(self.completion(body, self.reply_text(body))).encode(), {}
+        replied = self.reply(body.get("messages") or []) if callable(self.reply) else self.reply
+        text, alternatives = replied if isinstance(replied, tuple) else (replied, None)
+        return 200, json.dumps(self.completion(body, text, alternatives)).encode(), {}
 
-    def reply_text(self, body: dict[str, Any]) -> str:
-        reply = self.reply
-        return reply(body.get("messages") or []) if callable(reply) else reply
-
-    def completion(self, body: dict[str, Any], content: str) -> dict[str, Any]:
-        """A chat.completion object holding `content`."""
+    def completion(self, body: dict[str, Any], content: str, alternatives: Alternatives | None = None) -> dict[str, Any]:
+        """A chat.completion object holding `content`; with `alternatives` and a request that asked for
+        log-probabilities, the first token's top alternatives (the likeliest as the token itself)."""
+        logprobs = None
+        if alternatives and body.get("logprobs"):
+            top = [{"token": t, "logprob": lp, "bytes": None}
+                   for t, lp in sorted(alternatives.items(), key=lambda a: -a[1])]
+            logprobs = {"content": [{**top[0], "top_logprobs": top}]}
         prompt_tokens = sum(_count_tokens(message_text(m)) for m in body.get("messages") or [])
         completion_tokens = _count_tokens(content)
         return {
@@ -136,7 +144,7 @@ class OpenAIEndpoint:
             "created": int(time.time()),
             "model": body.get("model") or self.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "logprobs": None, "finish_reason": "stop"}],
+                         "logprobs": logprobs, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
@@ -204,21 +212,29 @@ def stable_port(name: str) -> int:
     return 49152 + zlib.crc32(name.encode()) % 16384
 
 
-def local_model_reply(surrogate: Surrogate, max_new_tokens: int = 48) -> Callable[[list[dict[str, Any]]], str]:
-    """Answer chat messages with a local causal LM, greedily (one request at a time)."""
+def local_model_reply(surrogate: Surrogate, max_new_tokens: int = 48,
+                      top_logprobs: int = 20) -> Callable[[list[dict[str, Any]]], tuple[str, Alternatives]]:
+    """Answer chat messages with a local causal LM, greedily (one request at a time), with the first answer
+    token's `top_logprobs` alternatives (served when a request asks for log-probabilities)."""
     import torch
 
     lock = threading.Lock()
 
-    def reply(messages: list[dict[str, Any]]) -> str:
+    def reply(messages: list[dict[str, Any]]) -> tuple[str, Alternatives]:
         system = next((message_text(m) for m in messages if m.get("role") == "system"), None)
         prompt = message_text(messages[-1]) if messages else ""
         text, _, templated = surrogate.render(prompt, system)
         ids = surrogate.tokenizer(text, add_special_tokens=not templated, return_tensors="pt")["input_ids"]
         with lock, torch.inference_mode(), surrogate.computing():
             out = surrogate.model.generate(ids.to(surrogate.device), max_new_tokens=max_new_tokens,
-                                           do_sample=False, pad_token_id=surrogate.tokenizer.eos_token_id)
-        answer = surrogate.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
-        return answer or "(no answer)"
+                                           do_sample=False, pad_token_id=surrogate.tokenizer.eos_token_id,
+                                           output_scores=True, return_dict_in_generate=True)
+        answer = surrogate.tokenizer.decode(out.sequences[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        first = torch.log_softmax(out.scores[0][0].float(), dim=-1).topk(top_logprobs)
+        alternatives: Alternatives = {}
+        for lp, token in zip(first.values.tolist(), first.indices.tolist()):
+            piece = surrogate.tokenizer.decode([token])
+            alternatives[piece] = float(np.logaddexp(alternatives[piece], lp)) if piece in alternatives else lp
+        return answer or "(no answer)", alternatives
 
     return reply

@@ -65,21 +65,12 @@ class ReplayEndpoint(OpenAIEndpoint):
         lps, row = found
         return 200, json.dumps(self.recorded_completion(body, lps, row)).encode(), {}
 
-    def recorded_completion(self, body: dict[str, Any], lps: list[float | None], row: dict[str, Any]) -> dict:
+    def recorded_completion(self, body: dict[str, Any], lps: list[float | None] | None, row: dict[str, Any]) -> dict:
         """The chat.completion of one recording: the most probable recorded label as the answer, and every
         recorded label's log-probability as the first token's alternatives (a label outside the recorded
         top-K is absent, as it was from the provider's answer)."""
-        present = [(lp, label) for lp, label in zip(lps or [], row["labels"]) if lp is not None]
+        present = {row["label_token"][label]: lp for lp, label in zip(lps or [], row["labels"]) if lp is not None}
         if not present:
-            content, first = "(no label among the recorded top alternatives)", None
-        else:
-            best_lp, best = max(present)
-            content = row["response_text"][best]
-            alternatives = [{"token": row["label_token"][label], "logprob": lp, "bytes": None,
-                             "top_logprobs": []} for lp, label in sorted(present, reverse=True)]
-            first = {"token": row["label_token"][best], "logprob": best_lp, "bytes": None,
-                     "top_logprobs": [{k: v for k, v in a.items() if k != "top_logprobs"} for a in alternatives]}
-        completion = self.completion(body, content)
-        completion["choices"][0]["logprobs"] = {"content": [first]} if first and body.get("logprobs") else None
-        return completion
-
+            return self.completion(body, "(no label among the recorded top alternatives)")
+        best = max((lp, label) for lp, label in zip(lps, row["labels"]) if lp is not None)[1]
+        return self.completion(body, row["response_text"][best], present)

@@ -31,6 +31,7 @@ from ropelime.research.evaluate import (Closed, Item, agreement, explain_item, f
                                         mean_ci, method_config)
 from ropelime.features import find_explain_span, split_features
 from ropelime.perturb import perturb_text
+from ropelime.refine import refine as refine_with
 from ropelime.schema import ExplainConfig, Feature
 from ropelime.settings import cache_dir
 from ropelime.surrogate import Surrogate
@@ -104,8 +105,10 @@ def random_removals(item: Item, d: int, seed: int) -> dict[str, list[int]]:
 
 def transfer_item(item: Item, methods: list[str], config: ExplainConfig, *, budget: int | Literal["d"],
                   surrogate: Surrogate, standin: Surrogate, closed: Closed, reuse_scores: bool = False,
-                  step: Callable[[str], None] | None = None) -> list[dict]:
-    """Per-method transfer records for one item (see the module docstring)."""
+                  refine: int = 0, step: Callable[[str], None] | None = None) -> list[dict]:
+    """Per-method transfer records for one item (see the module docstring). With `refine` K, each method's
+    explanation is first refined with K calls to the stand-in (`ropelime.refine`) and its refined ranking
+    (measured features first) is what is scored."""
     from ropelime.explain import default_cache
 
     fetched = fixed_output(item.prompt, model=closed.model, timeout=closed.timeout, api_base=closed.api_base,
@@ -133,11 +136,19 @@ def transfer_item(item: Item, methods: list[str], config: ExplainConfig, *, budg
             started = time.perf_counter()
             result = explain_item(item, method, method_config(method, base, budget, len(features)), answer, surrogate,
                                   closed, cache=default_cache() if reuse_scores else None)
-            scores = np.array([f.score for f in sorted(result.features, key=lambda f: f.index)])
-            against_gold = agreement(scores, gold)
-            record |= {"scores": scores.tolist(), **recovery(scores, loo), "gold_ap": against_gold["ap"],
-                       "gold_auroc": against_gold["auroc"]}
             calls = result.cost.closed_model_calls if method == "gsmile" else 0
+            ordered = sorted(result.features, key=lambda f: f.index)
+            record["scores"] = [f.score for f in ordered]
+            if refine:
+                result = refine_with(result, refine, model=closed.model, api_base=closed.api_base,
+                                     timeout=closed.timeout, max_tokens=closed.max_tokens)
+                ordered = sorted(result.features, key=lambda f: f.index)
+                record |= {"refined": [m.feature for m in result.refinement.features],
+                           "refine_signal": result.refinement.signal}
+                calls += result.refinement.closed_model_calls
+            scores = np.array([-float(f.rank) for f in ordered]) if refine else np.array(record["scores"])
+            against_gold = agreement(scores, gold)
+            record |= {**recovery(scores, loo), "gold_ap": against_gold["ap"], "gold_auroc": against_gold["auroc"]}
             verified = verify(result, VERIFY_K, model=closed.model, api_base=closed.api_base, timeout=closed.timeout,
                               max_tokens=closed.max_tokens).verification
             calls += verified.closed_model_calls
@@ -177,7 +188,7 @@ def summarise(records: list[dict], methods: list[str], seed: int = 0) -> dict[st
 
 
 def run_transfer(items: list[Item], methods: list[str], config: ExplainConfig, *, budget: int | Literal["d"],
-                 surrogate: Surrogate, standin: Surrogate, closed: Closed, reuse_scores: bool = False,
+                 surrogate: Surrogate, standin: Surrogate, closed: Closed, reuse_scores: bool = False, refine: int = 0,
                  step: Callable[[str, str], None] | None = None,
                  checkpoint: Callable[[dict[str, Any]], None] | None = None,
                  previous: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -191,6 +202,8 @@ def run_transfer(items: list[Item], methods: list[str], config: ExplainConfig, *
     head = {"mode": "transfer", "fixed_output": f"answer of {closed.model}", "surrogate": surrogate.name,
             "precision": surrogate.precision, "standin": standin.name, "standin_precision": standin.precision, "budget": budget, "ground_truth": f"stand-in leave-one-out, top {TOP_LOO}",
             "standin_loo": STANDIN_LOO, "verify_k": VERIFY_K, "methods": methods}
+    if refine:  # reports made before refinement existed resume as they were
+        head["refine"] = refine
     finished = finished_items(previous, head, methods)
     head["resumed"] = sum(item.id in finished for item in items)
     records: list[dict] = []
@@ -198,7 +211,7 @@ def run_transfer(items: list[Item], methods: list[str], config: ExplainConfig, *
     for done, item in enumerate(items, start=1):
         records += finished.get(item.id) or transfer_item(
             item, methods, config, budget=budget, surrogate=surrogate, standin=standin, closed=closed,
-            reuse_scores=reuse_scores, step=(lambda m, item=item: step(item.id, m)) if step else None)
+            reuse_scores=reuse_scores, refine=refine, step=(lambda m, item=item: step(item.id, m)) if step else None)
         report = {**head, "items": done, "complete": done == len(items),
                   "errors": sum("error" in r for r in records),
                   "summary": summarise(records, methods, seed=config.seed), "records": records}
