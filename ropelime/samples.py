@@ -121,10 +121,10 @@ the 0.5B, against sparse_k's masks fitted to the NLL)."""
 
 PRIOR_WEIGHT = {"word": 0.0, "sentence": 2.0, "paragraph": 2.0, "segments": 2.0}
 """The question-overlap prior's weight when none is given (`ropelime.priors`, docs/EVALUATION.md section 9):
-chosen on the first half of 150 BoolQ dev prompts against GPT-4o / GPT-4.1 / Gemini's own leave-one-out; on
-the other half +0.23 [+0.14, +0.31] Spearman over Gemma 3 270M alone and +0.21 [+0.11, +0.30] over the 0.5B;
-on HotpotQA's gold sentences +0.06 [+0.00, +0.12] AUROC over Gemma alone and +0.03 [+0.01, +0.04] over the
-prior alone. On MMLU's words a tie (+0.004 [−0.022, +0.029]), so words keep the surrogate's scores alone."""
+chosen on the first 75 of 150 BoolQ dev prompts against GPT-4o, GPT-4.1 and Gemini's own leave-one-out; on the
+other 75 it adds +0.17 [+0.10, +0.24] Spearman to Gemma 3 270M alone and +0.17 [+0.11, +0.24] to the 0.5B
+alone; on HotpotQA's gold sentences +0.06 [+0.00, +0.12] AUROC over Gemma alone and +0.03 [+0.01, +0.04] over
+the prior alone. On MMLU's words a tie (+0.004 [−0.022, +0.029]), so words keep the surrogate's scores."""
 
 
 def resolve_config(config: ExplainConfig, d: int) -> ExplainConfig:
