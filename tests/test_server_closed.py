@@ -80,3 +80,25 @@ async def test_closed_model_failures_reach_the_model_without_the_key(tiny_model_
         assert strict.requests == 1
     text = result.content[0].text
     assert result.is_error and "credentials" in text and "sk-test-not-a-real-key" not in text
+
+
+async def test_refine_through_the_server_measures_on_the_closed_model(tiny_model_dir, stub):
+    """The stub answers "Paris is the capital." only while the Paris sentence is there (no log-probabilities):
+    refine=3 measures every sentence by answer similarity and puts the Paris sentence first."""
+    def reply(messages):
+        return "Paris is the capital." if "Paris is the capital of France." in messages[-1]["content"] else "Unknown."
+
+    stub.reply = reply
+    server = build_server(EngineOptions(surrogate=str(tiny_model_dir), device="cpu", api_base=stub.base_url))
+    async with Client(server) as client:
+        result = await client.call_tool("explain_response", {"prompt": PROMPT, "explain": CONTEXT, "budget": 6,
+                                                             "model": MODEL, "refine": 3})
+        assert not result.is_error, result.content[0].text
+        explanation = Explanation.model_validate(result.structured_content)
+        assert explanation.refinement.signal == "similarity" and stub.requests == 1 + 3
+        top = explanation.top(1)[0]
+        assert top.evidence == "measured" and top.text.startswith("Paris") and top.closed_effect == 1.0
+        assert "refined with openai/stub-model" in result.content[0].text
+        assert explanation.cost.closed_model_calls == 4
+        refused = await client.call_tool("explain_response", {"prompt": PROMPT, "response": "Paris.", "refine": 2})
+        assert refused.is_error and "refinement asks the closed model again" in refused.content[0].text
