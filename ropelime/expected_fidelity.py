@@ -47,7 +47,8 @@ def expected_fidelity(surrogate: str, granularity: str, refined: int = 0) -> str
         return (f"agreement of word rankings with a closed model's own is not measured; this surrogate's default "
                 f"sentence ranking agrees with GPT-4o's own at Spearman ≈ {measured.spearman:+.2f} on BoolQ-like "
                 "prompts: explain by sentence, or refine with K calls for measured effects.")
-    unit = "sentence ranking" if granularity in ("sentence", "segments") else f"{granularity} ranking (measured on sentences)"
+    unit = "sentence ranking" if granularity in ("sentence", "segments") else \
+        f"{granularity} ranking (measured on sentences)"
     return (f"on BoolQ-like prompts the default {unit} with this surrogate agrees with GPT-4o's own at Spearman ≈ "
             f"{measured.spearman:+.2f} (its question-overlap prior alone: ≈ {PRIOR_SPEARMAN:+.2f}; GPT-4.1's own: "
             f"≈ +0.30); refine with 3 calls for measured effects (the top feature then GPT-4o's own in "

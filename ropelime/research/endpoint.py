@@ -128,7 +128,8 @@ class OpenAIEndpoint:
         text, alternatives = replied if isinstance(replied, tuple) else (replied, None)
         return 200, json.dumps(self.completion(body, text, alternatives)).encode(), {}
 
-    def completion(self, body: dict[str, Any], content: str, alternatives: Alternatives | None = None) -> dict[str, Any]:
+    def completion(self, body: dict[str, Any], content: str,
+                   alternatives: Alternatives | None = None) -> dict[str, Any]:
         """A chat.completion object holding `content`; with `alternatives` and a request that asked for
         log-probabilities, the first token's top alternatives (the likeliest as the token itself)."""
         logprobs = None

@@ -81,7 +81,8 @@ def read_prompts(path: str | Path, *, start: int = 0, n: int | None = None) -> l
 def api_models(row: dict[str, Any]) -> list[str]:
     """The models with a recorded LOO over the user text (the API-served ones), closed models first."""
     recorded = [m for m, v in row["models"].items() if "loo" in v]
-    return sorted(recorded, key=lambda m: (m not in CLOSED_MODELS, CLOSED_MODELS.index(m) if m in CLOSED_MODELS else 0, m))
+    closed = [m for m in CLOSED_MODELS if m in recorded]
+    return closed + sorted(m for m in recorded if m not in CLOSED_MODELS)
 
 
 def model_answer(row: dict[str, Any], model: str) -> str | None:
@@ -222,7 +223,8 @@ def summarise(records: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
                     "paired_n": diff["n"]}
             if name in ("refined", "random_refined"):
                 top = paired(column(name, f"top1_{kind}"), column("random_refined", f"top1_{kind}"), seed=seed)
-                ref |= {"top1_minus_random_refined": top["mean"], "top1_minus_random_refined_ci": [top["low"], top["high"]]}
+                ref |= {"top1_minus_random_refined": top["mean"],
+                        "top1_minus_random_refined_ci": [top["low"], top["high"]]}
             entry["references"][name] = ref
         summary[model] = entry
     return summary
