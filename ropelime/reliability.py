@@ -41,7 +41,8 @@ def assess(diagnostics: Diagnostics, features: list[FeatureScore]) -> Reliabilit
     if significant == 0:
         findings.append(("low", "no feature's 95% interval excludes 0"))
     if not d.complete:
-        findings.append(("medium", f"partial: {d.samples} of {d.planned_samples} perturbed prompts scored"))
+        unscored = f", {d.unscored_features} of {len(features)} features not yet scored" if d.unscored_features else ""
+        findings.append(("medium", f"partial: {d.samples} of {d.planned_samples} perturbed prompts scored{unscored}"))
     if not findings:
         return Reliability(verdict="high", significant_features=significant,
                            reasons=[f"R² {d.r2:.2f}, surrogate NLL {d.surrogate_nll:.2f}, {significant} of "

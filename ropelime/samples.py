@@ -220,14 +220,22 @@ def fit_samples(samples: ScoredSamples, *, output_span: str | None = None, notes
                              solver=config.solver, alpha=config.alpha, seed=config.seed, bootstrap=BOOTSTRAP)
         effect, effect_low, effect_high = as_support(nll_fit, "nll")
         directions = directions_of(effect_low, effect_high)
+    unscored = ~(~samples.masks[1:]).any(axis=0)  # no scored mask removed them: their fit says nothing
+    scores, low, high = (np.where(unscored, 0.0, values) for values in (scores, low, high))
     ranks = np.empty(d, dtype=int)
-    ranks[np.argsort(-scores, kind="stable")] = np.arange(1, d + 1)
+    ranks[np.lexsort((-scores, unscored))] = np.arange(1, d + 1)  # the unscored last
     features = [FeatureScore(**f.model_dump(), score=float(scores[i]), ci_low=float(low[i]), ci_high=float(high[i]),
-                             rank=int(ranks[i]), likelihood_effect=None if effect is None else float(effect[i]),
-                             direction=directions[i])
+                             rank=int(ranks[i]),
+                             likelihood_effect=None if effect is None or unscored[i] else float(effect[i]),
+                             direction=None if unscored[i] else directions[i],
+                             evidence="unscored" if unscored[i] else "estimated")
                 for i, f in enumerate(samples.features)]
+    if unscored.any():
+        position_notes.append(f"{int(unscored.sum())} of {d} features are not yet scored (no perturbation removing "
+                              "them was scored before the time budget): they are listed as not yet scored, never as "
+                              "supporting or opposing; continue to score them")
     diagnostics = Diagnostics(r2=fit.r2, samples=len(samples.scores), planned_samples=samples.planned,
-                              complete=samples.complete, surrogate_nll=float(-samples.scores[0].logp[positions].mean()),
+                              complete=samples.complete, unscored_features=int(unscored.sum()), surrogate_nll=float(-samples.scores[0].logp[positions].mean()),
                               notes=[*fit.notes, *position_notes, *sampling_notes(samples, config),
                                      *target_notes(config.target), *(notes or [])])
     diagnostics.reliability = assess(diagnostics, features)

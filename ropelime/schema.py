@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from ropelime.fit import SOLVERS
 from ropelime.kernels import KERNELS
@@ -47,9 +47,10 @@ class FeatureScore(Feature):
     direction: Direction | None = Field(None, description="whether the feature supports or opposes the response: "
                                         "the 95% interval of its likelihood effect (kl, js) or of its score lies "
                                         "above or below 0, or straddles it (unclear)")
-    evidence: Literal["estimated", "measured"] = Field("estimated", description="measured: the closed model itself "
-                                                       "was asked without this feature (refine); estimated: the "
-                                                       "surrogate's score only")
+    evidence: Literal["estimated", "measured", "unscored"] = Field(
+        "estimated", description="measured: the closed model itself was asked without this feature (refine); "
+        "estimated: the surrogate's score; unscored: no perturbation that removes it was scored yet (a partial "
+        "explanation), so its score (0) says nothing and it is never listed as supporting or opposing")
     closed_effect: float | None = Field(None, description="refine: the closed model's own effect of deleting the "
                                         "feature, > 0 = it supports the answer (the drop of the log-odds of the "
                                         "answer's first token, or 1 − token F1 of its new answer when the provider "
@@ -129,6 +130,8 @@ class Diagnostics(BaseModel):
     samples: int = Field(description="masks scored, the unperturbed prompt included")
     planned_samples: int
     complete: bool = Field(description="False when the time budget stopped scoring early")
+    unscored_features: int = Field(0, description="features no scored perturbation removed yet (evidence "
+                                   "'unscored'); 0 once every feature has been scored")
     surrogate_nll: float = Field(description="mean negative log-likelihood per token of the response "
                                  "under the surrogate; high values warn that the surrogate finds it unlikely")
     notes: list[str] = Field(default_factory=list)
@@ -258,16 +261,22 @@ class Explanation(BaseModel):
     refinement: Refinement | None = Field(None, description="the closed model's own effects of deleting the best "
                                           "candidates (refine=K): those features rank first, marked measured")
 
+    @computed_field(description="False when the time budget stopped scoring early (diagnostics say how far it got)")
+    @property
+    def complete(self) -> bool:
+        return self.diagnostics.complete
+
     def top(self, k: int = 5, direction: Literal["supporting", "opposing", "both"] = "supporting") -> list[FeatureScore]:
         """The k features with the highest scores (supporting), the largest |score| (both), or the strongest
         opposition: the lowest scores, or under kl/js the highest among those whose removal makes the response
         more likely (negative likelihood effect)."""
+        scored = [f for f in self.features if f.evidence != "unscored"]
         if direction == "supporting":  # by rank: measured features (refine) first, then by score
-            ordered = sorted(self.features, key=lambda f: (f.rank, -f.score))
-        elif direction == "opposing" and any(f.likelihood_effect is not None for f in self.features):
-            ordered = sorted((f for f in self.features if (f.likelihood_effect or 0.0) < 0), key=lambda f: -f.score)
+            ordered = sorted(scored, key=lambda f: (f.rank, -f.score))
+        elif direction == "opposing" and any(f.likelihood_effect is not None for f in scored):
+            ordered = sorted((f for f in scored if (f.likelihood_effect or 0.0) < 0), key=lambda f: -f.score)
         elif direction == "opposing":
-            ordered = sorted(self.features, key=lambda f: f.score)
+            ordered = sorted(scored, key=lambda f: f.score)
         else:
-            ordered = sorted(self.features, key=lambda f: -abs(f.score))
+            ordered = sorted(scored, key=lambda f: -abs(f.score))
         return ordered[:k]

@@ -51,7 +51,9 @@ def status(explanation: Explanation) -> str:
     d = explanation.diagnostics
     if d.complete:
         return f"complete ({d.samples} perturbed prompts scored)"
-    return (f"INCOMPLETE: {d.samples} of {d.planned_samples} perturbed prompts scored before the time budget; "
+    unscored = f" ({d.unscored_features} of {len(explanation.features)} features not yet scored)" \
+        if d.unscored_features else ""
+    return (f"INCOMPLETE: {d.samples} of {d.planned_samples} perturbed prompts scored before the time budget{unscored}; "
             f"call explain_response again with continue_from={explanation.id!r} (or the same arguments) to resume")
 
 

@@ -64,3 +64,4 @@ def test_the_prior_is_on_by_default_for_sentences_and_off_for_words(tiny_surroga
     assert ropelime.explain(PROMPT, "true", granularity="word", **common).config.prior_weight == 0.0
     own = ropelime.explain(PROMPT, "true", granularity="sentence", prior_weight=0.5, **common)
     assert own.config.prior_weight == 0.5
+
