@@ -25,6 +25,7 @@ from ropelime.errors import InputError, OutOfTime
 from ropelime.fit import SOLVERS
 from ropelime.kernels import KERNELS
 from ropelime.perturb import PERTURBATIONS
+from ropelime.presets import PRESETS
 from ropelime.samplers import SAMPLERS, sample_masks
 from ropelime.samples import BOOTSTRAP, ScoredSamples, fit_samples, output_positions, resolve_config
 from ropelime.schema import Cost, ExplainConfig, Explanation, Feature
@@ -96,6 +97,11 @@ def method_config(config: ExplainConfig | None, options: dict) -> ExplainConfig:
     """`config` (default: the defaults) with `options` applied, validated. A stage option may be a callable
     instead of a name: it is registered under its own name (see `ropelime.registry`)."""
     options = {key: STAGES[key].accept(value) if key in STAGES else value for key, value in options.items()}
+    if "method" in options:  # a preset fills in only what neither `options` nor `config` gave explicitly
+        given = {} if config is None else {name: getattr(config, name) for name in config.model_fields_set}
+        old = PRESETS.get(given.get("method") or "", {})
+        given = {k: v for k, v in given.items() if k == "method" or old.get(k, object()) != v}
+        return ExplainConfig.model_validate(given | options)
     merged = (config or ExplainConfig()).model_copy(update=options)
     return ExplainConfig.model_validate(merged.model_dump())
 
