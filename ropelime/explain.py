@@ -72,11 +72,15 @@ def _load_surrogate(name: str | None, device: str | None, dtype: str | None) -> 
 def resolve_surrogate(name: str | None, prompt: str, response: str, config: ExplainConfig,
                       features: int) -> tuple[Surrogate, str | None]:
     """Load the named surrogate (unset: $ROPELIME_SURROGATE, else the default); for 'auto' pick one from the
-    catalogue for this call's size and time budget, and say why."""
+    catalogue for this call's size and time budget, and say why.
+
+    The pick depends on the prompt, the response, the budget and the time budget, not on the method: it plans
+    for the default method's masks at this budget whatever the sampler, so that explanations of one prompt by
+    two methods (compared side by side) come from the same surrogate."""
     name = name or settings.surrogate() or catalogue.DEFAULT_SURROGATE
     if name != catalogue.AUTO:
         return load_surrogate(name), None
-    masks = len(plan_masks(features, resolve_config(config, features)))
+    masks = len(plan_masks(features, resolve_config(ExplainConfig(budget=config.budget), features)))
     tokens = (len(prompt) + len(response)) // CHARS_PER_TOKEN + 1
     pick, why = catalogue.choose_auto(prompt_tokens=tokens, masks=masks, time_budget_s=config.time_budget_s,
                                       gpu=_has_gpu(settings.device()))
