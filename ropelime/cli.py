@@ -397,12 +397,16 @@ def _audit_parser(sub) -> None:
 def run_audit(args) -> int:
     from rich.console import Console
 
-    from ropelime.audit import RayOptions, audit
+    from ropelime.audit import audit
     from ropelime.audit_report import print_summary, progress_bar
 
     config = options.config_from_args(args, options.RUN)
-    ray = RayOptions(address=args.ray, workers=args.ray_workers, cpus_per_worker=args.ray_cpus_per_worker,
-                     log_to_driver=args.verbose) if args.ray else None
+    runner = None  # local
+    if args.ray:
+        from ropelime.audit_ray import RayOptions
+
+        runner = RayOptions(address=args.ray, workers=args.ray_workers, cpus_per_worker=args.ray_cpus_per_worker,
+                            log_to_driver=args.verbose)
     bar, task = progress_bar(Console(stderr=True)), None
 
     def show(done: int, total: int) -> None:  # the bar appears once the surrogate (or the Ray workers) is ready
@@ -414,7 +418,7 @@ def run_audit(args) -> int:
 
     try:
         summary = audit(args.input, args.out, config=config, surrogate=args.surrogate, device=args.device,
-                        api_base=args.api_base, ray=ray, html=args.html, weak_r2=args.weak_r2,
+                        api_base=args.api_base, runner=runner, html=args.html, weak_r2=args.weak_r2,
                         weak_nll=args.weak_nll, progress=show)
     finally:
         bar.stop()
