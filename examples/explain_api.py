@@ -1,26 +1,17 @@
-"""Explain a given answer to a RAG prompt with the Python API, offline, on the embedded surrogate.
-
-Run from the repository's top folder:  python examples/explain_api.py
+"""Explain a given answer to a RAG prompt with the Python API, offline, on the embedded surrogate (the README's
+Python example). Run from the repository's top folder:  python examples/explain_api.py
 """
 
 from pathlib import Path
 
 import ropelime
 
-here = Path(__file__).parent
-prompt = (here / "rag_prompt.txt").read_text(encoding="utf-8")
-context = (here / "context.txt").read_text(encoding="utf-8").strip()
-answer = "Ingrid Solvang founded it in 1902."
+prompt = Path("examples/rag_prompt.txt").read_text(encoding="utf-8")
+context = Path("examples/context.txt").read_text(encoding="utf-8").strip()
 
-# The default method; method="paper" (or "contextcite", "loo") sets sampler, target, kernel and solver together.
-result = ropelime.explain(prompt, answer, explain=context, granularity="sentence", budget=16)
-
-print("explanation_id:", result.explanation_id)
-print("reliability:", result.diagnostics.reliability.verdict)
+result = ropelime.explain(prompt, "Ingrid Solvang founded it in 1902.", explain=context, budget=16)
 for feature in result.top(3):
-    print(f"#{feature.rank} {feature.score:+.4f} [{feature.ci_low:+.4f}, {feature.ci_high:+.4f}] "
-          f"{feature.direction}: {feature.text.strip()}")
-
-# Score once, fit many: attribute only a part of the answer, with no new surrogate pass.
-year = ropelime.refit(result, "1902")
-print("the year rests most on:", year.top(1)[0].text.strip())
+    print(feature.rank, f"{feature.score:+.3f} [{feature.ci_low:+.3f}, {feature.ci_high:+.3f}]", feature.direction,
+          feature.text.strip())
+print(result.explanation_id, result.diagnostics.reliability.verdict)
+print(ropelime.refit(result, "1902").top(1)[0].text)  # only a part of the answer: no new surrogate pass
