@@ -106,3 +106,13 @@ async def test_the_tool_takes_the_method(tiny_model_dir, monkeypatch):
                                                                                             "uniform", "ols")
     config = Explanation.model_validate(mixed.structured_content).config
     assert (config.sampler, config.kernel, config.solver) == ("loo", "rwmd_rope", "ridge")
+
+
+def test_the_compare_methods_prompt_names_every_preset_and_sampler():
+    from pathlib import Path
+
+    from ropelime.options import choices
+
+    text = (Path(__file__).resolve().parents[1] / "prompts" / "compare_methods.md").read_text(encoding="utf-8")
+    assert all(f'"{name}"' in text for name in PRESETS)
+    assert all(f'"{name}"' in text for name in choices("sampler"))
