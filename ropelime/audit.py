@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationErro
 
 from ropelime.audit_report import AuditSummary, RunStats, summarise, summary_html
 from ropelime.errors import ClosedModelError, InputError
-from ropelime.explain import Progress, explain, load_surrogate
+from ropelime.explain import Progress, explain, load_surrogate, method_config
 from ropelime.files import write_atomic
 from ropelime.schema import ExplainConfig
 from ropelime.surrogate import Surrogate
@@ -96,8 +96,7 @@ def parse_request(data: dict, line: int, defaults: ExplainConfig) -> Request:
             raise InputError(f"missing key {key!r}; every request needs an id and a prompt.")
     try:
         fields = _RequestFields.model_validate({k: v for k, v in data.items() if k in REQUEST_KEYS})
-        config = ExplainConfig.model_validate(
-            defaults.model_dump() | {k: v for k, v in data.items() if k in METHOD_KEYS})
+        config = method_config(defaults, {k: v for k, v in data.items() if k in METHOD_KEYS})  # a "method" too
     except ValidationError as error:
         raise InputError(_describe(error)) from None
     if fields.response is None and not fields.model:

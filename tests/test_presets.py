@@ -116,3 +116,14 @@ def test_the_compare_methods_prompt_names_every_preset_and_sampler():
     text = (Path(__file__).resolve().parents[1] / "prompts" / "compare_methods.md").read_text(encoding="utf-8")
     assert all(f'"{name}"' in text for name in PRESETS)
     assert all(f'"{name}"' in text for name in choices("sampler"))
+
+
+def test_an_audit_request_takes_a_method_over_the_defaults():
+    from ropelime.audit import parse_request
+
+    defaults = ExplainConfig(budget=8, kernel="cosine")  # a batch default given explicitly
+    request = parse_request({"id": 1, "prompt": "p", "response": "r", "method": "loo"}, 1, defaults)
+    assert (request.config.sampler, request.config.target, request.config.solver) == ("loo", "nll", "ols")
+    assert request.config.kernel == "cosine" and request.config.budget == 8  # given for the batch: it wins
+    plain = parse_request({"id": 2, "prompt": "p", "response": "r", "seed": 3}, 2, defaults)
+    assert plain.config.seed == 3 and plain.config.kernel == "cosine" and plain.config.sampler is None
