@@ -41,8 +41,8 @@ class CallOptions(BaseModel):
 CALL = tuple(CallOptions.model_fields)
 """The call options (`CallOptions`) every surface that explains one prompt takes."""
 
-METHOD = ("method", "sampler", "k", "sizes", "target", "kernel", "kernel_width", "kernel_cost", "kernel_normalise", "perturb",
-          "prompt_format", "solver", "alpha", "adjust_position", "seed")
+METHOD = ("method", "sampler", "k", "sizes", "target", "kernel", "kernel_width", "kernel_cost", "kernel_normalise",
+          "perturb", "prompt_format", "solver", "alpha", "adjust_position", "seed")
 """The method choices every command that explains takes (`explain`, `audit`, `eval`)."""
 
 RUN = ("granularity", "budget", *METHOD, "time_budget_s", "converge_top_k")

@@ -192,7 +192,8 @@ class Verification(BaseModel):
 class Explanation(BaseModel):
     """The result of `ropelime.explain`: JSON is its `model_dump`."""
 
-    explanation_id: str = Field(validation_alias=AliasChoices("explanation_id", "id"),  # also reads the former name "id"
+    # also reads the former name "id" (explanations stored before issue 31)
+    explanation_id: str = Field(validation_alias=AliasChoices("explanation_id", "id"),
                                 description="content hash of the inputs and method; the same name on every surface")
     prompt: str
     system: str | None = None

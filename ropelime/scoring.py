@@ -115,7 +115,8 @@ def score_samples(prepared: Prepared, masks: np.ndarray, *, cache: ScoreCache, c
                          "differs); run the explanation again.")
     distances = None
     if distance is not None:
-        context = digest("distance", surrogate.name, surrogate.precision, config.kernel, config.kernel_cost, encoded.ids)
+        context = digest("distance", surrogate.name, surrogate.precision, config.kernel, config.kernel_cost,
+                         encoded.ids)
         distances = cached_distances(distance, [perturbed[i] for i in scored], cache, context=context)
     return ScoredSamples(**prepared.inputs(), masks=masks[scored], scores=rows, distances=distances,
                          planned=len(masks), surrogate=prepared.info(), response_offsets=prepared.response_offsets,

@@ -155,7 +155,8 @@ class RopeLimeServer(MCPServer):
 
 def _without_titles(schema: dict) -> dict:
     """An input schema without the titles pydantic derives from parameter names ("Kernel Width")."""
-    properties = {name: {k: v for k, v in p.items() if k != "title"} for name, p in schema.get("properties", {}).items()}
+    properties = {name: {k: v for k, v in p.items() if k != "title"}
+                  for name, p in schema.get("properties", {}).items()}
     return {k: v for k, v in schema.items() if k != "title"} | {"properties": properties}
 
 

@@ -33,7 +33,8 @@ def test_the_paper_preset_is_the_published_setting():
 
 
 def test_the_default_preset_is_the_default_config():
-    assert ExplainConfig(method="default").model_dump(exclude={"method"}) == ExplainConfig().model_dump(exclude={"method"})
+    unnamed = ExplainConfig().model_dump(exclude={"method"})
+    assert ExplainConfig(method="default").model_dump(exclude={"method"}) == unnamed
 
 
 @pytest.mark.parametrize("name", ["loo", "contextcite"])
