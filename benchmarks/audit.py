@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import ropelime
-from ropelime.audit import RayOptions
+from ropelime.audit_ray import RayOptions
 from ropelime.cache import ScoreCache
 from ropelime.catalogue import CATALOGUE, EMBEDDED, prepare
 from ropelime.research.evaluate import DATA_FILES, mmlu_item, read_jsonl
@@ -84,7 +84,7 @@ def run_audit(source: Path, surrogate: str, config: ExplainConfig, folder: Path,
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         options = RayOptions(workers=ray_workers, cpus_per_worker=1)
     try:
-        summary = ropelime.audit(source, folder / f"{name}.jsonl", config=config, surrogate=surrogate, ray=options,
+        summary = ropelime.audit(source, folder / f"{name}.jsonl", config=config, surrogate=surrogate, runner=options,
                                  progress=clock)
     finally:
         if ray_workers:

@@ -9,6 +9,10 @@ explanation keeps its own content-hash `id`), or an error record
 The output file is the checkpoint: every record is appended with one `write()` of a whole line and
 an fsync, so a kill loses at most the requests in flight; a rerun cuts a torn last line, drops the
 error records (their requests are tried again) and skips the ids already explained.
+
+Where the requests run is a `Runner`: `Local` (the default: one surrogate in this process) or another
+module's, such as `ropelime.audit_ray.RayOptions`. This module knows no runner but its own; the Ray
+runner depends on it, not the other way round.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 from ropelime.audit_report import AuditSummary, RunStats, summarise, summary_html
 from ropelime.errors import ClosedModelError, InputError
-from ropelime.explain import Progress, explain, load_surrogate
+from ropelime.explain import Progress, explain, load_surrogate, method_config
 from ropelime.files import write_atomic
 from ropelime.schema import ExplainConfig
 from ropelime.surrogate import Surrogate
@@ -68,30 +73,6 @@ class Request:
     config: ExplainConfig
 
 
-@dataclass(frozen=True)
-class RayOptions:
-    """Where and how to run an audit on Ray (see `ropelime.audit_ray`)."""
-
-    address: str = "local"
-    """'local' = start a Ray instance on this machine; 'auto' = the cluster of $RAY_ADDRESS (or the one running
-    here); or an address such as 'ray://head:10001' or 'head:6379'."""
-    workers: int | None = None
-    """Actors, each holding one loaded surrogate; None = as many as the cluster's CPUs (or GPUs) allow."""
-    cpus_per_worker: int = 1
-    """CPUs reserved per actor; also its torch thread count."""
-    max_retries: int = 2
-    """Times a request is retried after its actor died, before it gets an error record."""
-    log_to_driver: bool = False
-
-    def __post_init__(self) -> None:
-        if self.workers is not None and self.workers < 1:
-            raise InputError(f"--ray-workers must be at least 1, got {self.workers}.")
-        if self.cpus_per_worker < 1:
-            raise InputError(f"--ray-cpus-per-worker must be at least 1, got {self.cpus_per_worker}.")
-        if self.max_retries < 0:
-            raise InputError(f"max_retries must be 0 or more, got {self.max_retries}.")
-
-
 def error_record(request_id: RequestId | None, message: str, line: int) -> Record:
     """The output record of a request that could not be explained."""
     return {"request_id": request_id, "error": message, "line": line}
@@ -115,8 +96,7 @@ def parse_request(data: dict, line: int, defaults: ExplainConfig) -> Request:
             raise InputError(f"missing key {key!r}; every request needs an id and a prompt.")
     try:
         fields = _RequestFields.model_validate({k: v for k, v in data.items() if k in REQUEST_KEYS})
-        config = ExplainConfig.model_validate(
-            defaults.model_dump() | {k: v for k, v in data.items() if k in METHOD_KEYS})
+        config = method_config(defaults, {k: v for k, v in data.items() if k in METHOD_KEYS})  # a "method" too
     except ValidationError as error:
         raise InputError(_describe(error)) from None
     if fields.response is None and not fields.model:
@@ -253,25 +233,35 @@ def run_request(request: Request, surrogate: Surrogate, api_base: str | None = N
     return {"request_id": request.id, **result.model_dump(mode="json")}
 
 
-Runner = Callable[[list[Request], Callable[[Record], None]], None]
+Run = Callable[[list[Request], Callable[[Record], None]], None]
 """Explains requests, passing each output record to the callback as it completes."""
 
 
-def _start(ray: RayOptions | None, stats: RunStats, stack: contextlib.ExitStack, *, surrogate: Surrogate | str | None,
-           device: str | None, dtype: str | None, api_base: str | None) -> Runner:
-    """Load the surrogate here once, or start the Ray workers (closed with `stack`); the runner of requests."""
-    if ray is not None:
-        from ropelime.audit_ray import RayPool
+class Runner(Protocol):
+    """Where an audit's requests run: `check` refuses a setting that cannot work before any input is read;
+    `start` readies the workers (closing them with `stack`) and returns the function that runs requests."""
 
-        return stack.enter_context(RayPool(ray, stats, surrogate=surrogate, device=device, dtype=dtype,
-                                           api_base=api_base)).run
-    loaded = surrogate if isinstance(surrogate, Surrogate) else load_surrogate(surrogate, device, dtype)
+    def check(self, surrogate: Surrogate | str | None) -> None: ...
 
-    def run(requests: list[Request], write: Callable[[Record], None]) -> None:
-        for request in requests:
-            write(run_request(request, loaded, api_base))
+    def start(self, stats: RunStats, stack: contextlib.ExitStack, *, surrogate: Surrogate | str | None,
+              device: str | None, dtype: str | None, api_base: str | None) -> Run: ...
 
-    return run
+
+class Local:
+    """The default runner: the surrogate loaded once in this process, the requests one after another."""
+
+    def check(self, surrogate: Surrogate | str | None) -> None:
+        pass
+
+    def start(self, stats: RunStats, stack: contextlib.ExitStack, *, surrogate: Surrogate | str | None,
+              device: str | None, dtype: str | None, api_base: str | None) -> Run:
+        loaded = surrogate if isinstance(surrogate, Surrogate) else load_surrogate(surrogate, device, dtype)
+
+        def run(requests: list[Request], write: Callable[[Record], None]) -> None:
+            for request in requests:
+                write(run_request(request, loaded, api_base))
+
+        return run
 
 
 def audit(
@@ -283,7 +273,7 @@ def audit(
     device: str | None = None,
     dtype: str | None = None,
     api_base: str | None = None,
-    ray: RayOptions | None = None,
+    runner: Runner | None = None,
     html: str | Path | None = None,
     weak_r2: float = 0.2,
     weak_nll: float = 4.0,
@@ -293,8 +283,9 @@ def audit(
 
     `config` holds the method defaults (a request's own keys override them). The surrogate is loaded
     once (`surrogate`: a loaded Surrogate or a name; on Ray a name, loaded once per actor). A rerun
-    skips the ids already explained in `out` and retries its error records. `ray` runs the requests
-    on Ray actors. `html` also writes the summary as a page; `weak_r2` and `weak_nll` are the summary's
+    skips the ids already explained in `out` and retries its error records. `runner` says where the
+    requests run (default `Local()`; `ropelime.audit_ray.RayOptions(...)` runs them on Ray actors).
+    `html` also writes the summary as a page; `weak_r2` and `weak_nll` are the summary's
     thresholds for answers whose features explain little. `progress(done, total)` follows this run's
     pending requests.
     """
@@ -304,17 +295,15 @@ def audit(
         raise InputError(f"input file {input} not found; give a JSONL file with one request per line.")
     if out.exists() and out.resolve() == input.resolve():
         raise InputError("--out is the input file; give another path for the results.")
-    if ray is not None and isinstance(surrogate, Surrogate):
-        raise InputError("on Ray give the surrogate by name (each actor loads its own copy), not a loaded Surrogate.")
-    if ray is not None:
-        import ropelime.audit_ray  # noqa: F401 — says how to install ray when it is missing
+    runner = runner or Local()
+    runner.check(surrogate)
     requests, bad_lines = read_requests(input, config or ExplainConfig())
     stats = RunStats(requests=len(requests))
     with AuditOutput(out) as output, contextlib.ExitStack() as stack:
         pending = [r for r in requests if r.id not in output.done]
         stats.skipped = len(requests) - len(pending)
         if pending:
-            run = _start(ray, stats, stack, surrogate=surrogate, device=device, dtype=dtype, api_base=api_base)
+            run = runner.start(stats, stack, surrogate=surrogate, device=device, dtype=dtype, api_base=api_base)
         for record in bad_lines:  # once the surrogate or the Ray workers are ready: a failed start writes nothing
             stats.written += output.write(record)
 

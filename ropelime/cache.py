@@ -79,6 +79,10 @@ class ScoreCache:
                     "CREATE TABLE IF NOT EXISTS scores (context TEXT, sequence TEXT, value BLOB, "
                     "PRIMARY KEY (context, sequence))"
                 )
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS distances (context TEXT, sequence TEXT, value REAL, "
+                    "PRIMARY KEY (context, sequence))"
+                )
 
         _retrying_locks(create)
 
@@ -121,6 +125,38 @@ class ScoreCache:
             _retrying_locks(insert)
         except sqlite3.OperationalError as error:
             log.warning("could not store %d scores (%s); they will be recomputed when needed", len(rows), error)
+
+    def get_distances(self, context: str, sequences: list[str]) -> dict[str, float]:
+        """The cached kernel distances among `sequences` (a perturbed prompt's distance to the prompt of
+        `context`), so that a repeated explanation measures none again."""
+        found: dict[str, float] = {}
+        for start in range(0, len(sequences), 500):
+            chunk = sequences[start:start + 500]
+
+            def select(chunk: list[str] = chunk) -> list:
+                with self._lock:
+                    return self._db.execute(
+                        f"SELECT sequence, value FROM distances WHERE context = ? AND sequence IN "
+                        f"({','.join('?' * len(chunk))})", [context, *chunk]).fetchall()
+
+            try:
+                found.update((sequence, float(value)) for sequence, value in _retrying_locks(select))
+            except sqlite3.OperationalError as error:
+                log.warning("could not read cached distances (%s); they will be measured", error)
+        return found
+
+    def put_distances(self, context: str, items: dict[str, float]) -> None:
+        """Store kernel distances (one transaction)."""
+        rows = [(context, sequence, value) for sequence, value in items.items()]
+
+        def insert() -> None:
+            with self._lock, self._db:
+                self._db.executemany("INSERT OR REPLACE INTO distances VALUES (?, ?, ?)", rows)
+
+        try:
+            _retrying_locks(insert)
+        except sqlite3.OperationalError as error:
+            log.warning("could not store %d distances (%s)", len(rows), error)
 
     def close(self) -> None:
         with self._lock:

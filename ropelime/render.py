@@ -29,9 +29,9 @@ _COOL: tuple[RGB, RGB] = ((150, 190, 228), (33, 82, 162))
 """Opposing colours at half and at full intensity (light blue, deep blue)."""
 _HEAT_TITLE = "prompt — warm: {positive}, cool: {negative}"
 _TABLE_CAPTION = "rank 1 = highest score ({positive}), {d} = lowest ({negative}) · * = 95% interval excludes 0"
-_DIRECTION_CAPTION = (" · direction: the response is less likely without the feature (supports) or more likely"
-                      " (opposes); unclear where that change's 95% interval straddles 0 (likelihood_effect, in"
-                      " nats per token, in the JSON and the HTML page)")
+_DIRECTION_CAPTION = (" · direction: the response is less likely without the feature (supports the answer) or more"
+                      " likely (opposes it), by the change of its log-likelihood in nats per token; unclear where"
+                      " that change's 95% interval straddles 0")
 _VERDICT_STYLE = {"high": "bold green", "medium": "bold yellow", "low": "bold red"}
 
 
@@ -158,7 +158,7 @@ def top_table(explanation: Explanation, k: int = 10) -> Table:
                   caption=_table_caption(explanation), caption_justify="left")
     table.add_column("rank", justify="right")
     table.add_column("feature", overflow="fold")
-    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column(score_header(explanation), justify="right", no_wrap=True)
     table.add_column("95% interval", justify="right", no_wrap=True)
     table.add_column("", no_wrap=True)
     directed = _unsigned(explanation)
@@ -171,7 +171,7 @@ def top_table(explanation: Explanation, k: int = 10) -> Table:
         table.add_column("evidence", no_wrap=True)
     for f in shown:
         table.add_row(str(f.rank), Text(_shorten(f.text)), Text(number(f.score), style=_rich_style(f.score, scale)),
-                      _ci(f), "*" if excludes_zero(f) else "", *([f.direction or ""] if directed else []),
+                      _ci(f), "*" if excludes_zero(f) else "", *([direction_text(f)] if directed else []),
                       *([verdicts.get(f.index, "")] if verdicts else []), *([evidence_text(f)] if refined else []))
     return table
 
@@ -187,9 +187,23 @@ def _unsigned(explanation: Explanation) -> bool:
     return any(f.likelihood_effect is not None for f in explanation.features)
 
 
+LIKELIHOOD_UNIT = "nats/token"
+"""The unit of a likelihood effect (the change of the response's mean log-likelihood per token)."""
+
+
 def direction_text(feature: FeatureScore) -> str:
-    """`supports +0.12`: the feature's direction and its effect on the response's likelihood (nats per token)."""
-    return "" if feature.likelihood_effect is None else f"{feature.direction} {number(feature.likelihood_effect)}"
+    """`supports the answer: +0.12 nats/token`: the feature's direction in words and its effect on the response's
+    likelihood, with its unit ("unclear: …" when its interval straddles 0)."""
+    if feature.likelihood_effect is None:
+        return ""
+    said = "unclear" if feature.direction in (None, "unclear") else f"{feature.direction} the answer"
+    return f"{said}: {number(feature.likelihood_effect)} {LIKELIHOOD_UNIT}"
+
+
+def score_header(explanation: Explanation) -> str:
+    """`score (nats/token)`: the score column's header, with the target's unit when known."""
+    unit = target_of(explanation).unit
+    return f"score ({unit})" if unit else "score"
 
 
 def _summary_parts(explanation: Explanation) -> tuple[str, list[str], list[str]]:
@@ -291,7 +305,8 @@ def _html_top(explanation: Explanation, scale: float, k: int = 20) -> str:
         for f in shown_features(explanation, k))
     extra = ("<th>direction</th>" if directed else "") + ("<th>closed model</th>" if verdicts else "") + (
         "<th>evidence</th>" if explanation.refinement else "")
-    return ("<table><thead><tr><th>rank</th><th>feature</th><th>score</th><th>95% interval</th><th></th>"
+    return (f"<table><thead><tr><th>rank</th><th>feature</th><th>{_esc(score_header(explanation))}</th>"
+            "<th>95% interval</th><th></th>"
             f"{extra}</tr></thead><tbody>{rows}</tbody></table>"
             f'<p class="facts">{_esc(_table_caption(explanation))}</p>')
 

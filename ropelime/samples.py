@@ -158,8 +158,8 @@ def _identity_config(config: ExplainConfig, d: int) -> ExplainConfig:
 def explanation_id(prompt: str, system: str | None, span: tuple[int, int], response: str,
                    config: ExplainConfig, surrogate_name: str, output_span: str | None = None, *, d: int) -> str:
     """Content hash of the inputs and method over d features (the time budget does not change the result's
-    identity, nor does writing a default value out)."""
-    method = _identity_config(config, d).model_dump(exclude={"time_budget_s"})
+    identity, nor does writing a default value out, nor the name of the preset that chose the options)."""
+    method = _identity_config(config, d).model_dump(exclude={"time_budget_s", "method"})
     parts = [prompt, system, span, response, sorted(method.items()), surrogate_name]
     return digest(*parts, *([output_span] if output_span is not None else []))[:16]
 

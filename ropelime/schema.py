@@ -8,13 +8,15 @@ choices of the pluggable stages are the names in their registries (`ropelime.reg
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, computed_field
+from pydantic import AliasChoices, BaseModel, Field, computed_field, model_validator
 
 from ropelime.fit import SOLVERS
 from ropelime.kernels import KERNELS
 from ropelime.perturb import PERTURBATIONS
+from ropelime.presets import DESCRIPTION as PRESET_DESCRIPTION
+from ropelime.presets import PRESETS, apply_preset
 from ropelime.records import EncodedPrompt, Feature, KernelCost, TokenScores  # noqa: F401 - the data model's records
 from ropelime.samplers import SAMPLERS, SIZE_DISTRIBUTIONS
 from ropelime.targets import TARGETS
@@ -27,6 +29,7 @@ Kernel = Annotated[str, KERNELS]
 Perturbation = Annotated[str, PERTURBATIONS]
 Solver = Annotated[str, SOLVERS]
 PromptFormatChoice = Literal["auto", "chat", "plain"]
+Method = Literal[tuple(PRESETS)]  # the preset names (ropelime.presets)
 
 
 Direction = Literal["supports", "opposes", "unclear"]
@@ -60,32 +63,30 @@ class FeatureScore(Feature):
 class ExplainConfig(BaseModel):
     """Every method choice of an explanation; the defaults are the project's chosen method."""
 
+    method: Method | None = Field(None, description=PRESET_DESCRIPTION)
     granularity: Granularity = Field("sentence", description="the unit of a feature: word, sentence or paragraph "
                                      "(the library and the CLI also take caller-given character spans)")
-    sampler: Sampler | None = Field(None, description="how the perturbation masks are drawn (sparse_k: a few "
-                                    "features removed each, balanced coverage; loo: one at a time; loo_pairs: one "
-                                    "at a time, then pairs for the intervals; bernoulli: each feature kept with "
-                                    "probability 1/2); unset = loo_pairs (measured best at every granularity)")
+    sampler: Sampler | None = Field(None, description="how the masks are drawn: sparse_k (a few features removed "
+                                    "each, balanced coverage), loo (one at a time), loo_pairs (one at a time, then "
+                                    "pairs for the intervals), bernoulli (each kept with probability 1/2); unset = "
+                                    "loo_pairs (measured best)")
     budget: int = Field(64, ge=1, le=100_000, description="perturbed prompts to score (loo uses one per feature, "
                         "loo_pairs one per feature and at least 16 pairs); more is slower and steadier")
     k: int | None = Field(None, ge=1, description="sparse_k: largest number of features removed per mask; "
                                                   "unset = chosen from the number of features")
     sizes: SizeDistribution = Field("uniform", description="sparse_k: how many features a mask removes, 1..k: "
                                     "uniform, or harmonic (probability ∝ 1/size)")
-    target: Target | None = Field(None, description="what is measured per perturbed prompt (nll: mean negative "
-                                  "log-likelihood of the response, signed: support or opposition; logit_prob: its "
-                                  "log-odds; kl, js: divergence of the next-token distributions, unsigned: how much "
-                                  "the answer rests on a feature); unset = kl (measured best at every granularity)")
+    target: Target | None = Field(None, description="what is measured per perturbed prompt: nll (the response's "
+                                  "mean negative log-likelihood; signed), logit_prob (its log-odds), kl, js "
+                                  "(divergence of the next-token distributions; unsigned: how much the answer rests "
+                                  "on a feature); unset = kl (measured best)")
     kernel: Kernel = Field("rwmd_rope", description="locality weighting of the perturbed prompts (rwmd_rope: "
                            "relaxed word mover's distance in RoPE embedding space; cosine: LIME's; uniform: none)")
     kernel_width: float | None = Field(None, gt=0, description="sigma of the locality kernel; unset = the kernel's default")
     kernel_cost: KernelCost = Field("euclidean", description="rwmd_rope: ground cost between RoPE token vectors in "
-                                    "the RWMD: euclidean distance, or cosine (1 − cosine similarity, 0..2); "
-                                    "the cosine and uniform kernels ignore it")
+                                    "the RWMD: euclidean distance, or cosine (1 − cosine similarity, 0..2)")
     kernel_normalise: bool = Field(True, description="rwmd_rope: divide the distances by their largest finite value "
-                                   "before sqrt(exp(−D²/σ²)); False = kernel_width applies to the raw distances "
-                                   "(euclidean ones grow with the embeddings' norms); the cosine and uniform "
-                                   "kernels ignore it")
+                                   "before sqrt(exp(−D²/σ²)); False = kernel_width applies to the raw distances")
     perturb: Perturbation = Field("delete", description="delete the masked text, or replace it by a placeholder "
                                   "that keeps token positions")
     prompt_format: PromptFormatChoice = Field("auto", description="how the surrogate reads the prompt: chat (its chat "
@@ -93,19 +94,12 @@ class ExplainConfig(BaseModel):
                                               "is), or auto (the format measured best for the surrogate)")
     solver: Solver | None = Field(None, description="the linear fit: ridge, ols or lasso over the masks, or "
                                   "differences (each feature's change when removed alone, intervals from the "
-                                  "pairs); unset = the one the sampler's masks are made for (differences for "
-                                  "loo_pairs, else ridge)")
+                                  "pairs); unset = the sampler's (differences for loo_pairs, else ridge)")
     alpha: float | None = Field(None, ge=0, description="regularisation of ridge / lasso; unset = the solver's default")
     adjust_position: bool = Field(False, description="divide every score by the surrogate's sensitivity to removals "
-                                  "at the feature's position, fitted over the features (a small surrogate reacts "
-                                  "more to text near the end of a long prompt, whatever it says); measured a tie on "
-                                  "held-out dev items, so off unless asked (docs/EVALUATION.md section 8.18)")
-    prior_weight: float | None = Field(None, ge=0, le=100, description="combine each score with the "
-                                       "question-overlap prior (how much a feature shares the rare words of the "
-                                       "prompt's fixed text and of the answer): score + w × the scores' spread × "
-                                       "the prior's z-score; 0 = the surrogate's scores alone; unset = 2 for "
-                                       "sentences, paragraphs and segments (measured closer to closed models' own "
-                                       "reasons and to gold evidence), 0 for words (a tie there)")
+                                  "at the feature's position (measured a tie, so off: docs/EVALUATION.md 8.18)")
+    prior_weight: float | None = Field(None, ge=0, le=100, description="weight of the question-overlap prior "
+                                       "added to the scores; unset = 2 for sentences, 0 for words")
     seed: int = Field(0, description="masks and intervals are deterministic per seed")
     time_budget_s: float | None = Field(None, gt=0, description="stop scoring before this many seconds would pass "
                                         "and return a partial result marked incomplete (null: no limit)")
@@ -114,6 +108,12 @@ class ExplainConfig(BaseModel):
     segments: list[tuple[int, int]] | None = Field(
         None, description="granularity=segments: (start, end) character spans into the prompt"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, values: Any) -> Any:
+        """A `method` preset fills in the sampler, target, kernel and solver not given (`ropelime.presets`)."""
+        return apply_preset(values) if isinstance(values, dict) else values
 
 
 class Reliability(BaseModel):
@@ -241,7 +241,9 @@ class Refinement(BaseModel):
 class Explanation(BaseModel):
     """The result of `ropelime.explain`: JSON is its `model_dump`."""
 
-    id: str
+    # also reads the former name "id" (explanations stored before issue 31)
+    explanation_id: str = Field(validation_alias=AliasChoices("explanation_id", "id"),
+                                description="content hash of the inputs and method; the same name on every surface")
     prompt: str
     system: str | None = None
     explain_start: int = Field(description="start of the explainable part in the prompt")
@@ -265,6 +267,11 @@ class Explanation(BaseModel):
     @property
     def complete(self) -> bool:
         return self.diagnostics.complete
+
+    @property
+    def id(self) -> str:
+        """The explanation_id (its former name)."""
+        return self.explanation_id
 
     def top(self, k: int = 5, direction: Literal["supporting", "opposing", "both"] = "supporting") -> list[FeatureScore]:
         """The k features with the highest scores (supporting), the largest |score| (both), or the strongest

@@ -28,7 +28,7 @@ class Target:
     says if a feature supports or opposes the response (if not, only how much the answer rests on it, and the
     explanation adds each feature's effect on the response's likelihood); `note`: what a reader of its scores
     should know (added to the explanation's notes); `positive`, `negative`: what a positive and a negative
-    score say, for legends."""
+    score say, for legends; `unit`: the unit of a score, for people (None: unknown, e.g. a caller's target)."""
 
     function: Callable[[TokenScores, Positions], float]
     sign: float = -1.0
@@ -37,6 +37,7 @@ class Target:
     note: str | None = None
     positive: str = "supports"
     negative: str = "opposes"
+    unit: str | None = None
 
 
 def nll(scores: TokenScores, positions: Positions) -> float:
@@ -68,12 +69,12 @@ UNSIGNED = ("target {}: a score says how much the answer rests on the feature (h
 
 
 TARGETS: Registry[Target] = Registry("target", {
-    "nll": Target(nll, -1.0),
-    "logit_prob": Target(logit_prob, 1.0),
+    "nll": Target(nll, -1.0, unit="nats/token"),
+    "logit_prob": Target(logit_prob, 1.0, unit="log-odds"),
     "kl": Target(_divergence("kl"), -1.0, divergences=frozenset({"kl"}), signed=False, note=UNSIGNED,
-                 positive="answer rests on it", negative="does not"),
+                 positive="answer rests on it", negative="does not", unit="nats/token"),
     "js": Target(_divergence("js"), -1.0, divergences=frozenset({"js"}), signed=False, note=UNSIGNED,
-                 positive="answer rests on it", negative="does not"),
+                 positive="answer rests on it", negative="does not", unit="nats/token"),
 }, wrap=Target)
 """The targets by name (the choices of `ExplainConfig.target`); a bare function given as a target is loss-like."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextvars
 import inspect
 import json
 import time
@@ -19,7 +20,9 @@ import ropelime
 from ropelime.compare import DEFAULT_BUDGETS, DEFAULT_SAMPLERS, DEFAULT_SEEDS, Comparison, plot_faithfulness
 from ropelime.compare import compare_samplers as compare_grid
 from ropelime.errors import InputError
-from ropelime.options import choices, with_method_parameters
+from ropelime import options as declared
+from ropelime.options import choices, explicit, with_method_parameters
+from ropelime.presets import PRESETS
 from ropelime.render import to_html
 from ropelime.catalogue import DEFAULT_SURROGATE
 from ropelime.schema import ExplainConfig, Explanation, Sampler
@@ -62,17 +65,17 @@ ExplainArg = Annotated[str | None, Field(description="the substring of the promp
 ToolGranularity = Literal["word", "sentence", "paragraph"]
 """The granularities a tool offers (caller-given segments are for the library and the CLI)."""
 
-EXPLAIN_OPTIONS = ("granularity", "budget", "sampler", "target", "kernel", "perturb", "seed", "time_budget_s")
-"""The method options explain_response offers (declared in ExplainConfig; see `ropelime.options`)."""
+EXPLAIN_OPTIONS = declared.EXPLAIN
+"""The options explain_response offers: every option of `ropelime.explain` and `ropelime explain` (declared in
+ExplainConfig and CallOptions; see `ropelime.options`)."""
+COMPARE_OPTIONS = ("target", "kernel", "kernel_width", "perturb", "prompt_format", "solver", "adjust_position")
+"""compare_samplers' method options besides granularity and the time budget: the choices that say how every sampler's
+masks are scored and read (the grid's axes are samplers, budgets and seeds; the Python `compare_samplers` takes
+every ExplainConfig field)."""
 TOOL_NARROWED = {"granularity": ToolGranularity}
 TOOL_DEFAULTS = {"time_budget_s": DEFAULT_TIME_BUDGET_S}
-VerifyArg = Annotated[int, Field(ge=0, le=20, description="check the top K supporting features with the closed model "
-                                                      "itself: ask it again without each one, plus one control "
-                                                      "call (K + 1 calls, cached); needs model. 0 = no check")]
-RefineArg = Annotated[int, Field(ge=0, le=20, description="measure the closed model's own effect of deleting K "
-                                                      "candidate features (the surrogate's best, by upper interval "
-                                                      "bound): K more calls, cached; those features rank first, "
-                                                      "marked measured; needs model. 0 = surrogate estimates only")]
+GIVEN_ARGUMENTS: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar("given_arguments", default=None)
+"""The argument names the caller gave in the current tool call (a `method` preset fills in only the others)."""
 TimeBudgetArg = Annotated[float | None, Field(gt=0, description="stop scoring after this many seconds and return a partial "
                                                                 "result marked incomplete (null: no limit)")]
 
@@ -98,7 +101,8 @@ def options_document(options: EngineOptions) -> dict:
         "surrogate": options.surrogate or DEFAULT_SURROGATE,
         "default_closed_model": options.default_model,
         "granularity": list(get_args(ToolGranularity)),
-        **{name: choices(name) for name in ("sampler", "target", "kernel", "perturb", "solver")},
+        **{name: choices(name) for name in ("method", "sampler", "target", "kernel", "perturb", "solver")},
+        "methods": PRESETS,
         "direction": list(get_args(Direction)),
         "defaults": {**defaults.model_dump(exclude={"segments", "time_budget_s"}),
                      **DEFAULT_METHOD,
@@ -137,6 +141,7 @@ class RopeLimeServer(MCPServer):
     """MCPServer whose argument errors read as one line (the SDK's carry pydantic's layout and links)."""
 
     async def call_tool(self, name: str, arguments: dict, context: Context | None = None):
+        GIVEN_ARGUMENTS.set(frozenset(arguments or ()))
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as error:
@@ -144,6 +149,48 @@ class RopeLimeServer(MCPServer):
                 raise
             raise ToolError(f"invalid arguments for {name}: {validation_problems(error.__cause__)}") \
                 from error.__cause__
+
+    async def list_tools(self):
+        """The tools with compact schemas: no generated titles, and output schemas cut to their top-level fields'
+        types (the full nested schema repeated per tool made tools/list 49 KB; see `compact_output_schema`)."""
+        tools = await super().list_tools()
+        for listed in tools:
+            listed.input_schema = _without_titles(listed.input_schema)
+            if listed.output_schema is not None:
+                listed.output_schema = compact_output_schema(listed.output_schema)
+        return tools
+
+
+def _without_titles(schema: dict) -> dict:
+    """An input schema without the titles pydantic derives from parameter names ("Kernel Width")."""
+    properties = {name: {k: v for k, v in p.items() if k != "title"}
+                  for name, p in schema.get("properties", {}).items()}
+    return {k: v for k, v in schema.items() if k != "title"} | {"properties": properties}
+
+
+def _types(schema: dict) -> list[str]:
+    """The JSON types a property schema allows ($ref: an object or, for a Literal, a string)."""
+    if "type" in schema:
+        return schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    if "enum" in schema or "const" in schema:
+        return sorted({type(v).__name__.replace("str", "string").replace("NoneType", "null") for v in
+                       schema.get("enum", [schema.get("const")])})
+    if "$ref" in schema:
+        return ["object"]
+    types = [t for branch in schema.get("anyOf", []) + schema.get("oneOf", []) for t in _types(branch)]
+    return list(dict.fromkeys(types))
+
+
+def compact_output_schema(schema: dict) -> dict:
+    """The output schema cut to its required top-level fields and their JSON types (no nested definitions,
+    descriptions or optional fields): the structured content still validates against it; the full schema of
+    every result is the ropelime://schemas resource."""
+    required = schema.get("required", [])
+    properties = {}
+    for name in required:
+        types = _types(schema["properties"][name]) or ["object"]
+        properties[name] = {"type": types[0] if len(types) == 1 else types}
+    return {"type": "object", "properties": properties, "required": required}
 
 
 def build_server(options: EngineOptions | None = None) -> MCPServer:
@@ -153,8 +200,8 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
                     lifespan=lifespan_for(options))
 
     @tool(mcp, title="Explain a response", annotations=ToolAnnotations(
-        title="Explain a response", read_only_hint=True, idempotent_hint=True, open_world_hint=True))
-    @with_method_parameters(EXPLAIN_OPTIONS, after="explain", narrowed=TOOL_NARROWED, defaults=TOOL_DEFAULTS)
+        read_only_hint=True, idempotent_hint=True, open_world_hint=True))
+    @with_method_parameters(EXPLAIN_OPTIONS, after="continue_from", narrowed=TOOL_NARROWED, defaults=TOOL_DEFAULTS)
     async def explain_response(
         ctx: Context,
         prompt: Annotated[str | None, Field(description="the prompt (question, context) whose answer to explain, exactly "
@@ -163,12 +210,9 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
         model: ModelArg = None,
         system: SystemArg = None,
         explain: ExplainArg = None,
-        continue_from: Annotated[str | None, Field(description="explanation_id of an INCOMPLETE explanation to resume from "
-                                                               "its cached scores; its inputs and method are reused and the "
-                                                               "other arguments except time_budget_s and verify are "
-                                                               "ignored")] = None,
-        verify: VerifyArg = 0,
-        refine: RefineArg = 0,
+        continue_from: Annotated[str | None, Field(description="explanation_id of an INCOMPLETE explanation to resume "
+                                                               "from its cached scores (only time_budget_s, verify and "
+                                                               "refine are read besides)")] = None,
         **method,
     ) -> Annotated[CallToolResult, Explanation]:
         """Attribute an answer to the parts of its prompt (words, sentences or paragraphs).
@@ -182,12 +226,13 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
         with tool_errors():
             engine = engine_of(ctx)
             previous = engine.store.load(continue_from) if continue_from else None
+            verify, refine = method.pop("verify"), method.pop("refine")
             if previous is None and prompt is None:
                 raise InputError("give the prompt (or continue_from with the explanation_id of an incomplete explanation).")
             if previous is not None:
                 model = (model or previous.closed_model) if verify or refine else None
             else:
-                config = ExplainConfig(**method)
+                config = ExplainConfig(**explicit(method, GIVEN_ARGUMENTS.get()))
                 model = model or (None if response is not None else engine.default_model)
 
             def job(progress, should_stop) -> Explanation:
@@ -205,7 +250,7 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
         return _result(explanation_text(result), result.model_dump(mode="json"))
 
     @tool(mcp, title="Top features", annotations=ToolAnnotations(
-        title="Top features", read_only_hint=True, idempotent_hint=True, open_world_hint=False))
+        read_only_hint=True, idempotent_hint=True, open_world_hint=False))
     async def top_features(
         ctx: Context,
         explanation_id: Annotated[str, Field(description="the explanation_id returned by explain_response")],
@@ -235,7 +280,7 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
         return _result(top_text(top), top.model_dump(mode="json"))
 
     @tool(mcp, title="Verify an explanation", annotations=ToolAnnotations(
-        title="Verify an explanation", read_only_hint=True, idempotent_hint=True, open_world_hint=True))
+        read_only_hint=True, idempotent_hint=True, open_world_hint=True))
     async def verify_explanation(
         ctx: Context,
         explanation_id: Annotated[str, Field(description="the explanation_id returned by explain_response")],
@@ -247,10 +292,10 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
         """Check whether the closed model's own answer rests on an explanation's top features.
 
         Asks the model again (temperature 0) without each of the top k supporting features, plus
-        one control call without k random others; no surrogate pass. Each feature gets a verdict:
-        confirmed (its removal changed the answer more than the control's), not_confirmed,
-        inconclusive (the control alone changed the answer), or unverified (a fault or the time
-        budget; call again: answers are cached, so a repeat costs no call).
+        one control call without k random others; no surrogate pass. Verdicts: confirmed (its
+        removal changed the answer more than the control's), not_confirmed, inconclusive (the
+        control alone changed it), unverified (a fault or the time budget; call again: answers
+        are cached).
         """
         started = time.perf_counter()
         with tool_errors():
@@ -268,16 +313,18 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
         return _result(explanation_text(result), result.model_dump(mode="json"))
 
     @tool(mcp, title="Compare samplers", annotations=ToolAnnotations(
-        title="Compare samplers", read_only_hint=True, idempotent_hint=True, open_world_hint=True))
-    @with_method_parameters(("granularity",), after="explain", narrowed=TOOL_NARROWED)
+        read_only_hint=True, idempotent_hint=True, open_world_hint=True))
+    @with_method_parameters(("granularity",), after="explain", narrowed=TOOL_NARROWED,
+                            described=lambda name: f"as explain_response's {name}")
+    @with_method_parameters(COMPARE_OPTIONS, after="seeds", described=lambda name: f"as explain_response's {name}")
     @with_method_parameters(("time_budget_s",), after="seeds", defaults=TOOL_DEFAULTS)
     async def compare_samplers(
         ctx: Context,
         prompt: PromptArg,
-        response: ResponseArg = None,
-        model: ModelArg = None,
-        system: SystemArg = None,
-        explain: ExplainArg = None,
+        response: Annotated[str | None, Field(description="as explain_response's response")] = None,
+        model: Annotated[str | None, Field(description="as explain_response's model")] = None,
+        system: Annotated[str | None, Field(description="as explain_response's system")] = None,
+        explain: Annotated[str | None, Field(description="as explain_response's explain")] = None,
         samplers: Annotated[list[Sampler], Field(min_length=1, description="samplers to compare")] = list(DEFAULT_SAMPLERS),
         budgets: Annotated[list[Annotated[int, Field(ge=1, le=100_000)]], Field(
             min_length=1, description="budgets (perturbed prompts) to compare each sampler at")] = list(DEFAULT_BUDGETS),
@@ -329,6 +376,15 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
                   mime_type="application/json")
     def options_resource() -> str:
         return json.dumps(options_document(options), indent=1)
+
+    @mcp.resource("ropelime://schemas", name="schemas", title="RoPE-LIME result schemas",
+                  description="The full JSON schema of each tool's structured result (tools/list gives a compact one)",
+                  mime_type="application/json")
+    def schemas_resource() -> str:
+        return json.dumps({"explain_response": Explanation.model_json_schema(),
+                           "verify_explanation": Explanation.model_json_schema(),
+                           "top_features": TopFeatures.model_json_schema(),
+                           "compare_samplers": Comparison.model_json_schema()})
 
     for prompt in load_prompts():
         mcp.add_prompt(prompt)

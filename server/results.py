@@ -82,7 +82,8 @@ def explanation_text(explanation: Explanation, k: int = 5) -> str:
     head = f"{len(explanation.features)} {explanation.config.granularity} features; "
     if supporting:
         label = "supporting" if target.signed else "the answer rests on"
-        lines += [head + f"top {len(supporting)} {label} (score [95% interval]):", *feature_lines(supporting)]
+        lines += [head + f"top {len(supporting)} {label} ({_score_label(explanation)} [95% interval]):",
+                  *feature_lines(supporting)]
     else:
         lines.append(head + "none supports the response (no positive score)")
     if opposing:
@@ -97,6 +98,12 @@ def explanation_text(explanation: Explanation, k: int = 5) -> str:
         f"and explanation://{explanation.id}/html (heat map)",
     ]
     return "\n".join(lines + [f"note: {n}" for n in d.notes])
+
+
+def _score_label(explanation: Explanation) -> str:
+    """`score in nats/token`: what the numbers are, with the target's unit when known."""
+    unit = target_of(explanation).unit
+    return f"score in {unit}" if unit else "score"
 
 
 def top_text(top: TopFeatures) -> str:

@@ -206,3 +206,55 @@ def test_cli_resumes_after_a_kill_without_loss_or_duplicates(tiny_model_dir, env
     assert [r["line"] for r in final if "error" in r] == [17]
     assert out.read_bytes().startswith(b"".join(line + b"\n" for line in first.splitlines()
                                                  if b'"features"' in line))
+
+
+def imported_modules(module: str) -> set[str]:
+    """The ropelime modules a module imports, anywhere in it (lazy imports inside functions included)."""
+    import ast
+    import importlib.util
+
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {n for n in names if n.startswith("ropelime")}
+
+
+def test_the_ray_runner_depends_on_the_audit_core_not_the_other_way_round():
+    assert "ropelime.audit" in imported_modules("ropelime.audit_ray")
+    assert not any(n.startswith("ropelime.audit_ray") for n in imported_modules("ropelime.audit"))
+
+
+class Recording:
+    """A runner that records what it is asked and explains nothing (every request gets an error record)."""
+
+    def __init__(self) -> None:
+        self.checked, self.started = [], 0
+
+    def check(self, surrogate) -> None:
+        self.checked.append(surrogate)
+
+    def start(self, stats, stack, *, surrogate, device, dtype, api_base):
+        self.started += 1
+        return lambda requests, write: [write({"request_id": r.id, "error": "not run", "line": r.line})
+                                        for r in requests]
+
+
+def test_a_runner_chooses_where_requests_run(tmp_path):
+    runner = Recording()
+    summary = ropelime.audit(write_jsonl(tmp_path / "in.jsonl", [request(0), request(1)]), tmp_path / "out.jsonl",
+                             surrogate="by-name", runner=runner)
+    assert runner.checked == ["by-name"] and runner.started == 1
+    assert len(summary.errors) == 2 and [r["error"] for r in records(tmp_path / "out.jsonl")] == ["not run", "not run"]
+
+
+def test_the_ray_runner_refuses_a_loaded_surrogate_before_reading_input(tiny_surrogate, tmp_path):
+    from ropelime.audit_ray import RayOptions
+
+    with pytest.raises(InputError, match="by name"):
+        ropelime.audit(write_jsonl(tmp_path / "in.jsonl", [request(0)]), tmp_path / "out.jsonl",
+                       surrogate=tiny_surrogate, runner=RayOptions())
+    assert not (tmp_path / "out.jsonl").exists()

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import ropelime
-from ropelime.audit import RayOptions
+from ropelime.audit_ray import RayOptions
 from ropelime.errors import InputError
 from tests.test_audit import assert_same_result, records, request, without_cost, write_jsonl
 
@@ -41,7 +41,7 @@ def test_a_killed_worker_loses_and_duplicates_nothing(tiny_model_dir, tmp_path, 
 
     try:
         summary = ropelime.audit(source, tmp_path / "ray.jsonl", surrogate=str(tiny_model_dir), device="cpu",
-                                 dtype="float32", ray=RayOptions(workers=2, cpus_per_worker=1),
+                                 dtype="float32", runner=RayOptions(workers=2, cpus_per_worker=1),
                                  progress=kill_a_worker)
     finally:
         ray.shutdown()
@@ -76,7 +76,7 @@ def test_more_workers_than_the_cluster_holds_is_refused(tiny_model_dir, tmp_path
     try:
         with pytest.raises(InputError, match="need 4 CPUs"):
             ropelime.audit(source, tmp_path / "out.jsonl", surrogate=str(tiny_model_dir),
-                           ray=RayOptions(workers=2, cpus_per_worker=2))
+                           runner=RayOptions(workers=2, cpus_per_worker=2))
     finally:
         ray.shutdown()
     assert json.loads((tmp_path / "out.jsonl").read_text() or "null") is None  # nothing written

@@ -122,3 +122,23 @@ def test_a_file_locked_by_another_writer_delays_or_skips_storing_never_fails(tmp
     other.rollback()
     store.put_many("ctx", {"b": scores})
     assert set(store.get_many("ctx", ["a", "b"])) == {"a", "b"}
+
+
+def test_kernel_distances_are_cached(tiny_surrogate, tmp_path, monkeypatch):
+    """A repeated explanation measures no RWMD again (the distances come from the cache) and fits the same."""
+    import ropelime
+    from ropelime import rope
+
+    calls = []
+    measure = rope.rwmd
+    monkeypatch.setattr(rope, "rwmd", lambda *args, **kwargs: calls.append(1) or measure(*args, **kwargs))
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    prompt = "The sky is blue. Paris is the capital of France. Cats sleep a lot. The bridge is long."
+    try:
+        first = ropelime.explain(prompt, "Paris.", sampler="sparse_k", budget=8, surrogate=tiny_surrogate, cache=cache)
+        measured = len(calls)
+        again = ropelime.explain(prompt, "Paris.", sampler="sparse_k", budget=8, surrogate=tiny_surrogate, cache=cache)
+    finally:
+        cache.close()
+    assert measured > 0 and len(calls) == measured
+    assert [f.score for f in again.features] == [f.score for f in first.features]

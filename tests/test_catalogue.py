@@ -224,5 +224,8 @@ def test_the_default_surrogate_is_auto_and_plans_for_a_minute_without_a_budget(m
     assert pick(400, ExplainConfig(budget=64, time_budget_s=20))[0] == "small"  # the call's own budget rules
     name, why = catalogue.choose_auto(prompt_tokens=100_000, masks=65, time_budget_s=None, gpu=True)
     assert name is slow and "GPU" in why
+    for method in ("loo", "paper", "contextcite"):  # one prompt, one surrogate, whatever the method
+        assert pick(400, ExplainConfig(budget=64, method=method)) == pick(400)
+    assert pick(1000, ExplainConfig(budget=64, sampler="loo")) == pick(1000)  # loo plans 10 masks, loo_pairs 65
     monkeypatch.setenv("ROPELIME_SURROGATE", "large")
     assert pick(4000) == ("large", None)  # a named surrogate is taken as named

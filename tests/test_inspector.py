@@ -46,7 +46,7 @@ def test_inspector_lists_and_calls_every_tool(inspector):
     features = explained["structuredContent"]["features"]
     assert len(features) == 3
     assert all(PROMPT[f["start"]:f["end"]] == f["text"] and isinstance(f["score"], float) for f in features)
-    explanation_id = explained["structuredContent"]["id"]
+    explanation_id = explained["structuredContent"]["explanation_id"]
     assert explanation_id in explained["content"][0]["text"]
 
     top = inspector("tools/call", "--tool-name", "top_features", "--tool-arg", f"explanation_id={explanation_id}",
@@ -62,7 +62,7 @@ def test_inspector_lists_and_calls_every_tool(inspector):
     assert len(compared["structuredContent"]["runs"]) == 2
 
     as_json = inspector("resources/read", "--uri", f"explanation://{explanation_id}")["contents"][0]
-    assert as_json["mimeType"] == "application/json" and json.loads(as_json["text"])["id"] == explanation_id
+    assert as_json["mimeType"] == "application/json" and json.loads(as_json["text"])["explanation_id"] == explanation_id
     as_html = inspector("resources/read", "--uri", f"explanation://{explanation_id}/html")["contents"][0]
     assert as_html["mimeType"] == "text/html" and "<html" in as_html["text"]
 

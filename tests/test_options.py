@@ -16,9 +16,10 @@ from mcp import Client
 import ropelime
 from ropelime.cli import build_parser, main
 from ropelime.kernels import KERNELS
-from ropelime.options import METHOD, RUN, choices, flag
+from ropelime import options as declared
+from ropelime.options import CALL, EXPLAIN, METHOD, RUN, choices, flag
 from ropelime.schema import ExplainConfig
-from ropelime_server.app import EXPLAIN_OPTIONS, TOOL_DEFAULTS, ToolGranularity, build_server
+from ropelime_server.app import COMPARE_OPTIONS, EXPLAIN_OPTIONS, TOOL_DEFAULTS, ToolGranularity, build_server
 from ropelime_server.engine import EngineOptions
 
 DEFAULTS = ExplainConfig()
@@ -41,7 +42,7 @@ def parsers() -> dict[str, argparse.ArgumentParser]:
     return found | {f"{name} {task}": parser for name in list(found) for task, parser in subparsers(found[name]).items()}
 
 
-@pytest.mark.parametrize("command, names", [("explain", RUN), ("audit", RUN), ("eval hotpotqa", METHOD),
+@pytest.mark.parametrize("command, names", [("explain", EXPLAIN), ("audit", RUN), ("eval hotpotqa", METHOD),
                                             ("eval mmlu", METHOD), ("eval fidelity", METHOD)])
 def test_cli_options_are_the_config_fields(command, names, capsys):
     actions = {a.dest: a for a in parsers()[command]._actions}
@@ -49,13 +50,13 @@ def test_cli_options_are_the_config_fields(command, names, capsys):
     for name in names:
         action = actions[name]
         assert flag(name) in action.option_strings
-        assert action.default == getattr(DEFAULTS, name), name
+        assert action.default == declared.field(name).default, name
         if choices(name):
             assert list(action.choices) == choices(name), name
             assert "{" + ",".join(choices(name)) + "}" in text, name
         if action.default is not None:
             assert f"(default: {action.default})" in text, name
-        description = ExplainConfig.model_fields[name].description
+        description = declared.field(name).description
         assert " ".join(description.split())[:40] in text, name
 
 
@@ -91,14 +92,17 @@ async def test_tool_parameters_are_the_config_fields(server):
     for name in EXPLAIN_OPTIONS:
         expected_choices = list(get_args(ToolGranularity)) if name == "granularity" else choices(name)
         assert enum_of(explain[name]) == expected_choices, name
-        assert explain[name]["default"] == TOOL_DEFAULTS.get(name, getattr(DEFAULTS, name)), name
-        assert explain[name]["description"] == ExplainConfig.model_fields[name].description
+        assert explain[name]["default"] == TOOL_DEFAULTS.get(name, declared.field(name).default), name
+        assert explain[name]["description"] == declared.field(name).description
     assert explain["budget"]["minimum"] == 1 and explain["budget"]["maximum"] == 100_000
     compare = tools["compare_samplers"]["properties"]
     assert compare["samplers"]["items"]["enum"] == choices("sampler")
     assert enum_of(compare["granularity"]) == list(get_args(ToolGranularity))
     assert compare["time_budget_s"]["default"] == TOOL_DEFAULTS["time_budget_s"]
-    for name in ("sampler", "target", "kernel", "perturb", "solver"):
+    for name in COMPARE_OPTIONS:
+        assert compare[name]["default"] == getattr(DEFAULTS, name), name
+        assert enum_of(compare[name]) == choices(name), name
+    for name in ("method", "sampler", "target", "kernel", "perturb", "solver"):
         assert options[name] == choices(name)
     assert options["defaults"] == {**DEFAULTS.model_dump(exclude={"segments", "time_budget_s"}),
                                    "target": "kl", "sampler": "loo_pairs",
@@ -180,3 +184,44 @@ def test_explain_takes_a_callable_target(tiny_surrogate, tmp_path):
     assert [f.score for f in summed.features] != [f.score for f in mean.features]
     tokens = len(tiny_surrogate.encode_response(response))
     np.testing.assert_allclose(summed_targets, tokens * samples.targets("nll"))
+
+
+def test_every_explanation_option_is_on_every_surface(capsys):
+    """The options of one explanation: every ExplainConfig field (but caller-given segments, which the CLI takes
+    as --segment and the tools do not offer) and every CallOptions field, on the CLI's explain, the Python
+    `explain` and the explain_response tool. A field added to either declaration fails here until every surface
+    has it."""
+    declared_names = set(ExplainConfig.model_fields) - {"segments"} | set(declared.CallOptions.model_fields)
+    assert set(EXPLAIN) == declared_names and set(EXPLAIN_OPTIONS) == declared_names
+    explain_cli = {a.dest for a in parsers()["explain"]._actions}
+    assert declared_names <= explain_cli
+    assert "--segment" in help_of(capsys, "explain")
+    import inspect
+
+    from ropelime.explain import explain
+
+    python = inspect.signature(explain).parameters
+    for name in CALL:  # method options go through **options into ExplainConfig
+        assert name in python and python[name].default == declared.field(name).default, name
+
+
+@pytest.mark.anyio
+async def test_the_tool_offers_every_explanation_option(server):
+    async with Client(server) as client:
+        tools = {t.name: t.input_schema for t in (await client.list_tools()).tools}
+    assert set(EXPLAIN) <= set(tools["explain_response"]["properties"])
+    assert tools["explain_response"]["properties"]["verify"]["maximum"] == 20
+
+
+@pytest.mark.anyio
+async def test_tools_list_is_small(server):
+    """Every tool repeated a ~15 KB output schema (49 KB in all): the listed output schemas are compact, the full
+    ones a resource."""
+    async with Client(server) as client:
+        listed = await client.list_tools()
+        schemas = json.loads((await client.read_resource("ropelime://schemas")).contents[0].text)
+    size = len(listed.model_dump_json(by_alias=True, exclude_none=True))
+    assert size <= 15_000, size
+    explain = next(t for t in listed.tools if t.name == "explain_response")
+    assert set(explain.output_schema["required"]) == set(schemas["explain_response"]["required"])
+    assert "$defs" in schemas["explain_response"] and "$defs" not in explain.output_schema

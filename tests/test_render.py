@@ -257,13 +257,16 @@ def test_unsigned_scores_show_their_direction_everywhere(explanation):
     terminal = console.export_text()
     rows = {line.split("│")[2].strip()[:5]: line.split("│")[6].strip() for line in terminal.splitlines()
             if line.count("│") > 6 and line.split("│")[1].strip().isdigit()}
-    assert rows == {"The <": "supports", "Tolls": "opposes", "Local": "unclear"} and "direction:" in terminal
+    assert rows == {"The <": "supports the answer: +0.31 nats/token", "Tolls": "opposes the answer: -0.12 nats/token",
+                    "Local": "unclear: +0.01 nats/token"} and "direction:" in terminal
+    assert "score (nats/token)" in terminal
     page = html.unescape(to_html(directed))
-    assert "<th>direction</th>" in page and "<td>opposes -0.12</td>" in page
+    assert "<th>direction</th>" in page and "<td>opposes the answer: -0.12 nats/token</td>" in page
     assert [f.index for f in directed.top(3, "opposing")] == [1]  # the only one whose removal makes it likelier
     text = explanation_text(directed, k=5)
     resting_on, opposing = text.split("most opposing:")
-    assert "supports +0.31 'The <b>bridge</b>" in resting_on and "opposes -0.12 'Tolls are" in resting_on
+    assert ("supports the answer: +0.31 nats/token 'The <b>bridge</b>" in resting_on
+            and "opposes the answer: -0.12 nats/token 'Tolls are" in resting_on)
     assert opposing.count("Tolls are") == 1 and "bridge" not in opposing
     unclear = _with_directions(resting, [(0.31, "supports"), (-0.12, "unclear"), (0.01, "unclear")])
     assert "most opposing" not in explanation_text(unclear, k=5)  # a negative effect within its interval is not listed

@@ -60,7 +60,8 @@ async def test_four_read_only_tools_with_output_schemas(server, mode):
     assert {"features", "diagnostics", "cost"} <= set(tools["explain_response"].output_schema["properties"])
     explain_args = set(tools["explain_response"].input_schema["properties"])
     assert {"prompt", "response", "model", "system", "explain", "granularity", "budget", "sampler", "target",
-            "kernel", "perturb", "seed", "time_budget_s", "continue_from", "verify", "refine"} == explain_args
+            "kernel", "perturb", "seed", "time_budget_s", "continue_from", "verify", "refine", "method",
+            "solver", "prior_weight"} <= explain_args
     assert tools["explain_response"].input_schema["properties"]["time_budget_s"]["default"] == 40
 
 
@@ -167,7 +168,7 @@ async def test_resources_serve_json_html_and_options(server, mode):
         with pytest.raises(Exception, match="run explain_response first"):
             await client.read_resource("explanation://0123abcd")
     assert templates == {"explanation://{explanation_id}", "explanation://{explanation_id}/html"}
-    assert static == {"ropelime://options"}
+    assert static == {"ropelime://options", "ropelime://schemas"}
     assert as_json.mime_type == "application/json" and Explanation.model_validate_json(as_json.text) == explanation
     assert as_html.mime_type == "text/html" and as_html.text.startswith("<!DOCTYPE html>")
     assert explanation.features[0].text in as_html.text

@@ -95,7 +95,7 @@ async def test_provider_faults_are_clear_leave_no_partial_entry_and_never_show_t
         failed, text, data = await call(client, f"{PROMPT} (429)")
         assert not failed and stub.requests == requests + 2 and data["cost"]["closed_model_calls"] == 1, text
         seen.append(text + repr(data))
-        explanation_id = data["id"]
+        explanation_id = data["explanation_id"]
         for uri in (f"explanation://{explanation_id}", f"explanation://{explanation_id}/html", "ropelime://options"):
             seen += [c.text for c in (await client.read_resource(uri)).contents]
         closed_entries()[0].unlink()

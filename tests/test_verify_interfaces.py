@@ -98,7 +98,7 @@ def test_cli_explain_verify_then_ropelime_verify_by_id(tiny_model_dir, stub, cap
     assert main(["explain", "--prompt", PROMPT, "--explain", CONTEXT, "--response", "Paris.", "--budget", "12",
                  *common]) == 0
     captured = capsys.readouterr()
-    explanation_id = re.search(r"explanation (\w+) stored; check its top features", captured.err).group(1)
+    explanation_id = re.search(r"explanation_id (\w+) stored; check its top features", captured.err).group(1)
     assert main(["verify", explanation_id, "--k", "1"]) == 2
     assert "pass model" in capsys.readouterr().err
     assert main(["verify", explanation_id, "--k", "1", "--model", MODEL, "--api-base", stub.base_url]) == 0
@@ -108,7 +108,8 @@ def test_cli_explain_verify_then_ropelime_verify_by_id(tiny_model_dir, stub, cap
     check = stored.verification.checks[0]
     assert f"feature {check.feature}: {check.verdict}" in out and stored.cost.closed_model_calls >= 1
     assert main(["verify", "0123abcd", "--model", MODEL]) == 2
-    assert "no explanation with id" in capsys.readouterr().err
+    unknown = capsys.readouterr().err
+    assert "no explanation '0123abcd' is stored" in unknown and "ropelime explain" in unknown
 
 
 def test_terminal_and_html_show_the_verdicts(tiny_surrogate, stub):
