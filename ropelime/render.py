@@ -157,18 +157,18 @@ def top_table(explanation: Explanation, k: int = 10) -> Table:
     table = Table(title=f"top {len(shown)} of {len(explanation.features)} features by |score|, ordered by score",
                   caption=_table_caption(explanation), caption_justify="left")
     table.add_column("rank", justify="right")
-    table.add_column("feature", overflow="fold")
+    table.add_column("feature", overflow="fold", min_width=24, ratio=1)
     table.add_column(score_header(explanation), justify="right", no_wrap=True)
     table.add_column("95% interval", justify="right", no_wrap=True)
     table.add_column("", no_wrap=True)
     directed = _unsigned(explanation)
     if directed:
-        table.add_column("direction", no_wrap=True)
+        table.add_column("direction", overflow="fold")
     if verdicts:
         table.add_column("closed model", no_wrap=True)
     refined = explanation.refinement is not None
     if refined:
-        table.add_column("evidence", no_wrap=True)
+        table.add_column("evidence", overflow="fold")
     for f in shown:
         table.add_row(str(f.rank), Text(_shorten(f.text)), Text(number(f.score), style=_rich_style(f.score, scale)),
                       _ci(f), "*" if excludes_zero(f) else "", *([direction_text(f)] if directed else []),

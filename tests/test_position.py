@@ -65,7 +65,8 @@ def test_an_explanation_divides_its_scores_and_intervals_by_the_factors(tiny_sur
                                  granularity="sentence", budget=24)
     finally:
         cache.close()
-    adjusted, plain = ropelime.fit_samples(samples, adjust_position=True), ropelime.fit_samples(samples)
+    adjusted = ropelime.fit_samples(samples, adjust_position=True, prior_weight=0.0)  # the division alone
+    plain = ropelime.fit_samples(samples, prior_weight=0.0)
     assert adjusted.config.adjust_position is True and len(adjusted.features) == 10
     factors, slope = position_factors(np.array([f.score for f in plain.features]))
     for a, p, factor in zip(adjusted.features, plain.features, factors, strict=True):

@@ -164,8 +164,10 @@ def test_answer_support_reads_the_first_tokens_alternatives():
     assert answer_support({"true": -0.1}, "false") is None and answer_support(None, "false") is None
 
 
-def test_the_command_line_refines_and_shows_what_was_measured(row, replay_url, tiny_model_dir, capsys):
+def test_the_command_line_refines_and_shows_what_was_measured(row, replay_url, tiny_model_dir, capsys, monkeypatch):
     from ropelime.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")  # the table's every column on one line
 
     spans = [f"{row['segments'][i]['start']}:{row['segments'][i]['end']}" for i in range(len(row["segments"]) - 1)]
     argv = ["explain", "--prompt", row["user"], "--system", row["system"], "--model", f"openai/{MODEL}",
