@@ -8,7 +8,8 @@ from measurement; with nothing measured yet the first chunk is a single mask. `p
 how many masks to score next: as many as are predicted to finish within `PROGRESS_EVERY_S` (so
 progress, cancellation and the deadline are checked at least that often) and before the deadline.
 `RankingWatch` refits a plain ridge model at fixed mask counts and reports convergence when the set
-and order of the top-k features stayed the same for `patience` consecutive checks.
+and order of the top-k features stayed the same for `patience` consecutive checks. `importance_first`
+orders the masks so that an early stop has scored the likely important features' single removals first.
 """
 
 from __future__ import annotations
@@ -160,6 +161,19 @@ def plan_chunk(work: Sequence[float], pace: Rate, left: Callable[[int], float], 
             break
         taken += 1
     return max(taken, 1) if first and work else taken
+
+
+def importance_first(masks: np.ndarray, priority: np.ndarray) -> np.ndarray:
+    """The order to score `masks` (row 0 unperturbed) in: row 0, then the single removals by descending
+    `priority` of the removed feature (e.g. the question-overlap prior), then the other masks as planned.
+    Ties keep the planned order, so an all-equal priority changes nothing."""
+    removed = ~np.asarray(masks, dtype=bool)
+    single = np.flatnonzero(removed.sum(axis=1) == 1)
+    single = single[single > 0]
+    by_priority = single[np.argsort(-np.asarray(priority, dtype=np.float64)[removed[single].argmax(axis=1)],
+                                    kind="stable")]
+    rest = np.setdiff1d(np.arange(1, len(masks)), single)
+    return np.concatenate([[0], by_priority, rest]).astype(np.int64)
 
 
 class RankingWatch:

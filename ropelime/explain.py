@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from ropelime import catalogue, settings
-from ropelime.anytime import Deadline
+from ropelime.anytime import Deadline, importance_first
 from ropelime.cache import ScoreCache
 from ropelime.closed import fixed_output
 from ropelime.errors import InputError, OutOfTime
 from ropelime.fit import SOLVERS
 from ropelime.kernels import KERNELS
 from ropelime.perturb import PERTURBATIONS
+from ropelime.priors import question_overlap
 from ropelime.presets import PRESETS
 from ropelime.samplers import SAMPLERS, sample_masks
 from ropelime.samples import BOOTSTRAP, ScoredSamples, fit_samples, output_positions, resolve_config
@@ -240,9 +241,14 @@ def score_planned(prepared: Prepared, *, cache: ScoreCache, started: float, cost
     if deadline.end is not None:
         deadline.leave_room_for_fit(len(prepared.features), config.solver, BOOTSTRAP,
                                     fits=1 if TARGETS[config.target].signed else 2)
-    return score_samples(prepared, plan_masks(len(prepared.features), config), cache=cache, cost=cost,
-                         progress=progress, should_stop=should_stop, deadline=deadline, cached_only=cached_only,
-                         output_span=output_span)
+    masks = plan_masks(len(prepared.features), config)
+    # the likely important features' single removals first, so that an early stop has them; the samples come
+    # back in the planned order, so a complete explanation is the same whatever the order
+    order = importance_first(masks, question_overlap(prepared.prompt, prepared.features, prepared.response))
+    samples = score_samples(prepared, masks[order], cache=cache, cost=cost, progress=progress,
+                            should_stop=should_stop, deadline=deadline, cached_only=cached_only,
+                            output_span=output_span)
+    return samples.in_order_of(masks)
 
 
 def check_inputs(prompt: str, response: str | None, *, system: str | None = None, explain: str | None = None,

@@ -9,7 +9,7 @@ change after scoring without another surrogate pass: fit the same `ScoredSamples
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from importlib.metadata import version
 
 import numpy as np
@@ -83,6 +83,13 @@ class ScoredSamples(Inputs):
     def complete(self) -> bool:
         """Every planned mask was scored."""
         return len(self.scores) == self.planned
+
+    def in_order_of(self, plan: np.ndarray) -> ScoredSamples:
+        """These samples with their rows (masks, scores, distances) in the order of the planned `plan` masks."""
+        where = {row.tobytes(): i for i, row in enumerate(np.asarray(plan, dtype=bool))}
+        order = np.argsort([where[row.tobytes()] for row in self.masks], kind="stable")
+        return replace(self, masks=self.masks[order], scores=[self.scores[i] for i in order],
+                       distances=None if self.distances is None else self.distances[order])
 
     def positions(self, output_span: str | None) -> Positions:
         """The response token positions a target over `output_span` covers (all for None)."""
