@@ -7,6 +7,8 @@ docs/EVALUATION.md ("Reliability summary").
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ropelime.fit import NOISE
 from ropelime.schema import Diagnostics, FeatureScore, Reliability
 
@@ -18,6 +20,12 @@ NLL_MEDIUM = 4.0
 """Surrogate NLL per response token above this (nats; a token the surrogate gives under 2% probability
 on average): the surrogate finds the response unlikely and may not read it as the closed model does."""
 
+LATE = 2 / 3
+"""A feature is late when it starts in the last third of the features (by position in the prompt)."""
+
+POSITION_TOP = 3
+"""How many first-ranked features are checked for a position effect."""
+
 _ORDER = {"high": 0, "medium": 1, "low": 2}
 
 
@@ -26,8 +34,25 @@ def excludes_zero(feature: FeatureScore) -> bool:
     return feature.ci_low > NOISE or feature.ci_high < -NOISE
 
 
-def assess(diagnostics: Diagnostics, features: list[FeatureScore]) -> Reliability:
-    """The verdict and its reasons for an explanation with these diagnostics and features."""
+def position_effect(features: list[FeatureScore], overlap: Sequence[float]) -> str | None:
+    """Why a top-ranked feature may owe its rank to where it sits rather than what it says: it is late in the
+    prompt (small surrogates weigh text near the question and the answer more) and shares no rare word with
+    the question or the answer (`overlap`, the question-overlap prior per feature index); None when none is."""
+    d = len(features)
+    top = sorted((f for f in features if f.evidence == "estimated"), key=lambda f: f.rank)[:POSITION_TOP]
+    late = [f for f in top if f.index >= LATE * d and overlap[f.index] == 0]
+    if not late:
+        return None
+    f = late[0]
+    text = f.text if len(f.text) <= 40 else f.text[:39] + "…"
+    return (f"#{f.rank} {text!r} sits late in the prompt (feature {f.index + 1} of {d}) and shares no word with the "
+            "question or the answer: small surrogates favour text near the end, so its rank may be a position effect")
+
+
+def assess(diagnostics: Diagnostics, features: list[FeatureScore], overlap: Sequence[float] | None = None
+           ) -> Reliability:
+    """The verdict and its reasons for an explanation with these diagnostics and features; `overlap` (the
+    question-overlap prior per feature, for sentence-like features) lets it check for a position effect."""
     findings: list[tuple[str, str]] = []
     d = diagnostics
     if d.r2 < R2_LOW:
@@ -40,6 +65,9 @@ def assess(diagnostics: Diagnostics, features: list[FeatureScore]) -> Reliabilit
     significant = sum(excludes_zero(f) for f in features)
     if significant == 0:
         findings.append(("low", "no feature's 95% interval excludes 0"))
+    position = None if overlap is None else position_effect(features, overlap)
+    if position:
+        findings.append(("medium", position))
     if not d.complete:
         unscored = f", {d.unscored_features} of {len(features)} features not yet scored" if d.unscored_features else ""
         findings.append(("medium", f"partial: {d.samples} of {d.planned_samples} perturbed prompts scored{unscored}"))

@@ -89,6 +89,23 @@ def reliability_line(explanation: Explanation) -> str | None:
     return None if r is None else f"reliability: {r.verdict} — {'; '.join(r.reasons)}"
 
 
+def settled_line(explanation: Explanation, k: int = 3) -> str:
+    """`38 of 40 features scored; the top 3 could still change: 5 others' 95% intervals reach theirs, 2 not yet
+    scored` — or that the top k is settled (its intervals lie above every other feature's)."""
+    d, unscored = len(explanation.features), explanation.diagnostics.unscored_features
+    scored = f"{d - unscored} of {d} features scored"
+    k = min(k, d - 1)
+    if k < 1:
+        return scored
+    rivals = explanation.rivals(k)
+    if rivals == 0:
+        return f"{scored}; the top {k} is settled: its 95% intervals lie above every other feature's"
+    overlapping = rivals - unscored
+    why = [f"{overlapping} other{'s' if overlapping != 1 else ''}' 95% intervals reach theirs"] if overlapping else []
+    why += [f"{unscored} not yet scored"] if unscored else []
+    return f"{scored}; the top {k} could still change: {', '.join(why)}"
+
+
 def _shorten(text: str, width: int = 80) -> str:
     """One line: newlines shown as ⏎, tabs as spaces, cut with … beyond width characters."""
     line = text.replace("\r\n", "\n").replace("\n", "⏎").replace("\t", " ").strip(" ")
@@ -232,6 +249,7 @@ def print_explanation(explanation: Explanation, console: Console, k: int = 10) -
     console.print(Panel(heatmap_text(explanation), title=_heat_title(explanation), title_align="left",
                         subtitle=f"full colour at |score| {_scale(explanation):.3g}", subtitle_align="right"))
     console.print(top_table(explanation, k))
+    console.print(Text(settled_line(explanation), style="dim"))
     reliability = explanation.diagnostics.reliability
     if reliability is not None:
         console.print(Text.assemble(("reliability: ", "bold"), (reliability.verdict, _VERDICT_STYLE[reliability.verdict]),
@@ -308,7 +326,8 @@ def _html_top(explanation: Explanation, scale: float, k: int = 20) -> str:
     return (f"<table><thead><tr><th>rank</th><th>feature</th><th>{_esc(score_header(explanation))}</th>"
             "<th>95% interval</th><th></th>"
             f"{extra}</tr></thead><tbody>{rows}</tbody></table>"
-            f'<p class="facts">{_esc(_table_caption(explanation))}</p>')
+            f'<p class="facts">{_esc(_table_caption(explanation))}</p>'
+            f'<p class="facts">{_esc(settled_line(explanation))}</p>')
 
 
 def _html_method(explanation: Explanation) -> str:

@@ -215,8 +215,9 @@ def fit_samples(samples: ScoredSamples, *, output_span: str | None = None, notes
         scores, low, high = scores * factors, low * factors, high * factors
     if config.adjust_position:
         position_notes.append(position_note(None if adjusted is None else adjusted[1]))
+    overlap = question_overlap(samples.prompt, samples.features, samples.response)
     if config.prior_weight:
-        shift = prior_shift(samples, scores, config.prior_weight)
+        shift = prior_shift(overlap, scores, config.prior_weight)
         scores, low, high = scores + shift, low + shift, high + shift
         position_notes.append(f"scores combined with the question-overlap prior (weight {config.prior_weight:g}): "
                               "a feature sharing rare words with the prompt's fixed text or the answer ranks higher")
@@ -245,7 +246,7 @@ def fit_samples(samples: ScoredSamples, *, output_span: str | None = None, notes
                               complete=samples.complete, unscored_features=int(unscored.sum()), surrogate_nll=float(-samples.scores[0].logp[positions].mean()),
                               notes=[*fit.notes, *position_notes, *sampling_notes(samples, config),
                                      *target_notes(config.target), *(notes or [])])
-    diagnostics.reliability = assess(diagnostics, features)
+    diagnostics.reliability = assess(diagnostics, features, None if config.granularity == "word" else overlap)
     diagnostics.expected_fidelity = expected_fidelity(samples.surrogate.name, config.granularity)
     cost = samples.cost.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
     return Explanation(
@@ -260,10 +261,9 @@ def fit_samples(samples: ScoredSamples, *, output_span: str | None = None, notes
     )
 
 
-def prior_shift(samples: Inputs, scores: np.ndarray, weight: float) -> np.ndarray:
-    """What the question-overlap prior adds to each score: `weight` × the scores' spread × the prior's z-score
-    (nothing where either is constant)."""
-    prior = question_overlap(samples.prompt, samples.features, samples.response)
+def prior_shift(prior: np.ndarray, scores: np.ndarray, weight: float) -> np.ndarray:
+    """What the question-overlap prior (`ropelime.priors.question_overlap`) adds to each score: `weight` × the
+    scores' spread × the prior's z-score (nothing where either is constant)."""
     if prior.std() == 0 or scores.std() == 0:
         return np.zeros_like(scores)
     return weight * scores.std() * (prior - prior.mean()) / prior.std()

@@ -34,6 +34,9 @@ Method = Literal[tuple(PRESETS)]  # the preset names (ropelime.presets)
 
 Direction = Literal["supports", "opposes", "unclear"]
 
+SETTLED_MAX = 10
+"""The most first-ranked features `Explanation.settled_top` checks."""
+
 
 class FeatureScore(Feature):
     """A feature with its attribution; a positive score = the feature supports the response (under a signed
@@ -268,10 +271,26 @@ class Explanation(BaseModel):
     def complete(self) -> bool:
         return self.diagnostics.complete
 
+    @computed_field(description="the largest k whose top k can no longer change (their 95% intervals lie above the "
+                    "rest's, all scored)")
+    @property
+    def settled_top(self) -> int:
+        """The largest k (at most SETTLED_MAX) with rivals(k) == 0; 0 = even the first could still change."""
+        return next((k for k in range(min(SETTLED_MAX, len(self.features) - 1), 0, -1) if self.rivals(k) == 0), 0)
+
     @property
     def id(self) -> str:
         """The explanation_id (its former name)."""
         return self.explanation_id
+
+    def rivals(self, k: int) -> int:
+        """How many features outside the top k supporting ones could still enter it: those not yet scored, and
+        those whose 95% interval reaches the lowest lower bound in the top k. 0 = the top k is settled."""
+        top = self.top(k)
+        if len(top) < k:
+            return len(self.features) - len(top)
+        floor, chosen = min(f.ci_low for f in top), {f.index for f in top}
+        return sum(f.evidence == "unscored" or f.ci_high >= floor for f in self.features if f.index not in chosen)
 
     def top(self, k: int = 5, direction: Literal["supporting", "opposing", "both"] = "supporting") -> list[FeatureScore]:
         """The k features with the highest scores (supporting), the largest |score| (both), or the strongest

@@ -23,7 +23,7 @@ from ropelime.errors import InputError
 from ropelime import options as declared
 from ropelime.options import choices, explicit, with_method_parameters
 from ropelime.presets import PRESETS
-from ropelime.render import to_html
+from ropelime.render import settled_line, to_html
 from ropelime.catalogue import DEFAULT_SURROGATE
 from ropelime.schema import ExplainConfig, Explanation, Sampler
 from ropelime.samples import DEFAULT_METHOD
@@ -276,7 +276,9 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
                 engine.store.save(explanation)
             top = TopFeatures(explanation_id=explanation.id, source_explanation_id=explanation_id, direction=direction,
                               output_span=output_span, response=explanation.response,
-                              complete=explanation.diagnostics.complete, features=explanation.top(k, direction))
+                              complete=explanation.diagnostics.complete, features=explanation.top(k, direction),
+                              scored_features=len(explanation.features) - explanation.diagnostics.unscored_features,
+                              features_total=len(explanation.features), settled=settled_line(explanation, k if direction == "supporting" else 0))
         return _result(top_text(top), top.model_dump(mode="json"))
 
     @tool(mcp, title="Verify an explanation", annotations=ToolAnnotations(
@@ -334,11 +336,9 @@ def build_server(options: EngineOptions | None = None) -> MCPServer:
     ) -> Annotated[CallToolResult, Comparison]:
         """Compare samplers at equal budgets on one prompt and answer.
 
-        For each sampler and budget: faithfulness (LDS on one shared set of held-out random masks,
-        top-k removal drop against random-k), stability across seeds (rank correlation, top-k
-        overlap), agreement between samplers, and cost. One closed-model call at most; all runs
-        share one score cache, so calling again after an INCOMPLETE result continues. Includes a
-        PNG plot of faithfulness against budget.
+        Per sampler and budget: faithfulness (LDS on shared held-out masks, top-k removal drop vs
+        random-k), stability across seeds, agreement between samplers, cost. One closed-model call
+        at most; calling again after an INCOMPLETE result continues. Includes a PNG plot.
         """
         started = time.perf_counter()
         with tool_errors():

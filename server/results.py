@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from ropelime.compare import Comparison
-from ropelime.render import direction_text, number, reliability_line, target_of
+from ropelime.render import direction_text, number, reliability_line, settled_line, target_of
 from ropelime.schema import Explanation, FeatureScore
 from ropelime.refine import summary_lines as refinement_lines
 from ropelime.verify import summary_lines
@@ -27,6 +27,9 @@ class TopFeatures(BaseModel):
     output_span: str | None = Field(description="the part of the response attributed (None = all of it)")
     response: str
     complete: bool = Field(description="False when the explanation was cut short by its time budget")
+    scored_features: int
+    features_total: int
+    settled: str = Field(description="could the top still change (intervals, unscored features)")
     features: list[FeatureScore] = Field(description="text, character span in the prompt, score, 95% interval, rank")
 
 
@@ -86,6 +89,8 @@ def explanation_text(explanation: Explanation, k: int = 5) -> str:
                   *feature_lines(supporting)]
     else:
         lines.append(head + "none supports the response (no positive score)")
+    if supporting:
+        lines.append(settled_line(explanation, min(3, len(supporting))))
     if opposing:
         lines += ["most opposing:", *feature_lines(opposing)]
     lines += [
@@ -111,7 +116,7 @@ def top_text(top: TopFeatures) -> str:
     part = f" of the response part {shorten(top.output_span, 80)!r}" if top.output_span is not None else ""
     head = f"explanation_id: {top.explanation_id}{'' if top.complete else ' (INCOMPLETE explanation)'}"
     return "\n".join([head, f"top {len(top.features)} {top.direction} features{part} (score [95% interval]):",
-                      *feature_lines(top.features)])
+                      *feature_lines(top.features), top.settled])
 
 
 def comparison_text(comparison: Comparison) -> str:

@@ -67,3 +67,28 @@ def test_the_schedule_scores_the_priors_top_feature_first_and_fits_in_plan_order
     prior = question_overlap(PROMPT, samples.features, "true")
     assert int(np.flatnonzero(~seen[0][1])[0]) == int(np.argmax(prior)) == 0  # scored first
     assert np.array_equal(samples.masks, pipeline.plan_masks(len(samples.features), samples.config))
+
+
+def test_whether_the_top_could_still_change_follows_the_intervals_and_the_unscored():
+    from ropelime.render import settled_line
+    from ropelime.schema import Cost, Diagnostics, ExplainConfig, Explanation, FeatureScore, SurrogateInfo
+
+    def explanation(*intervals, unscored=()):
+        feats = [FeatureScore(index=i, text=f"s{i}", start=i, end=i + 1, score=(lo + hi) / 2, ci_low=lo, ci_high=hi,
+                              rank=i + 1, evidence="unscored" if i in unscored else "estimated")
+                 for i, (lo, hi) in enumerate(intervals)]
+        return Explanation(explanation_id="x", prompt="p" * 10, explain_start=0, explain_end=10, response="r",
+                           response_source="given", features=feats, config=ExplainConfig(),
+                           diagnostics=Diagnostics(r2=0.9, samples=9, planned_samples=9, complete=not unscored,
+                                                   unscored_features=len(unscored), surrogate_nll=1.0),
+                           cost=Cost(), surrogate=SurrogateInfo(name="s", dtype="f", device="cpu", chat_template=False))
+
+    clear = explanation((0.8, 1.0), (0.6, 0.7), (0.4, 0.5), (0.0, 0.2), (-0.1, 0.1))
+    assert clear.rivals(3) == 0 and clear.settled_top == 3 and clear.model_dump()["settled_top"] == 3
+    assert "top 3 is settled" in settled_line(clear)
+    close = explanation((0.8, 1.0), (0.6, 0.7), (0.3, 0.5), (0.2, 0.35), (0.0, 0.31))
+    assert close.rivals(3) == 2 and close.settled_top == 2
+    assert "top 3 could still change: 2 others' 95% intervals reach theirs" in settled_line(close)
+    waiting = explanation((0.8, 1.0), (0.6, 0.7), (0.4, 0.5), (0.0, 0.0), (0.0, 0.0), unscored=(3, 4))
+    assert waiting.rivals(3) == 2 and waiting.settled_top == 0
+    assert settled_line(waiting) == "3 of 5 features scored; the top 3 could still change: 2 not yet scored"

@@ -39,3 +39,16 @@ def test_each_weak_signal_lowers_the_verdict_and_says_why():
 def test_an_interval_end_at_float_noise_does_not_exclude_zero():
     assert not excludes_zero(features((1e-17, 0.9))[0])
     assert excludes_zero(features((1e-6, 0.9))[0]) and excludes_zero(features((-0.9, -1e-6))[0])
+
+
+def test_a_late_off_topic_feature_in_the_top_three_lowers_the_verdict_and_names_it():
+    ranked = features((0.5, 0.9), (0.4, 0.8), (0.3, 0.7), (-0.1, 0.1), (-0.1, 0.1), (0.6, 1.0))
+    ranked[5] = ranked[5].model_copy(update={"rank": 1, "text": "The weather was mild that spring."})
+    overlap = [2.0, 1.0, 1.0, 0.0, 0.0, 0.0]  # the last feature shares no word with the question or the answer
+    flagged = assess(diagnostics(), ranked, overlap)
+    assert flagged.verdict == "medium"
+    assert "feature 6 of 6" in flagged.reasons[0] and "weather" in flagged.reasons[0]
+    assert assess(diagnostics(), ranked, [2.0, 1.0, 1.0, 0.0, 0.0, 0.5]).verdict == "high"  # on topic: fine
+    early = [0.0, 1.0, 1.0, 0.0, 0.0, 1.0]  # an off-topic feature early in the prompt is no position effect
+    assert assess(diagnostics(), ranked, early).verdict == "high"
+    assert assess(diagnostics(), ranked).verdict == "high"  # words: no overlap given, no check

@@ -122,6 +122,9 @@ async def test_top_features_by_direction_and_for_a_part_of_the_response(server, 
     assert spanned.explanation_id != explanation.id and len(spanned.features) == 3
     refitted = Explanation.model_validate_json(refit.contents[0].text)
     assert refitted.output_span == "Paris" and refitted.cost.surrogate_forward_passes == 0
+    n = len(explanation.features)  # how many are scored, and whether the top could still change, in words
+    assert spanned.features_total == spanned.scored_features == n and f"{n} of {n} features scored" in spanned.settled
+    assert spanned.settled in part.content[0].text and ("settled" in spanned.settled or "could still" in spanned.settled)
 
 
 async def test_failures_reach_the_model_as_clear_text(server, mode):
