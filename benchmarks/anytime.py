@@ -6,11 +6,13 @@
     python benchmarks/anytime.py peers --row 25                                 # full time vs a plain loop, ContextCite
 
 `schedules`: each dev item is scored twice with the default method, a fresh score cache each, the
-masks in the order `ropelime.explain` scores them (the single removals by the question-overlap prior,
-`ropelime.anytime.importance_first`) and in the sampler's plan order (plain). The seconds at which
+masks in the order `ropelime.explain` scores them when its time budget may stop it early (the single
+removals by the question-overlap prior, `ropelime.anytime.importance_first`) and in the sampler's plan
+order (plain, what it scores in when the budget suffices), which one first alternating from item to item. The seconds at which
 each chunk of masks finished are recorded; at each checkpoint the masks scored by then are fitted (as a
 time budget ending there would) and the partial top 3 (scored features only) is compared, as a set,
-with the complete explanation's. Prints, per checkpoint and schedule, the share of items whose top 3
+with the complete explanation's (a checkpoint inside a chunk takes the chunk's first masks as scored,
+which the engine's batches may not be). Prints, per checkpoint and schedule, the share of items whose top 3
 is already the complete one's, and the seconds a complete explanation took.
 
 `mcp`: `ropelime-mcp` over stdio as a host runs it (a host-like 60 s read timeout), one server per item
@@ -116,9 +118,9 @@ def schedules(args) -> None:
     agree = {order: np.zeros(len(checkpoints)) for order in ("importance", "plan")}
     full_seconds: dict[str, list[float]] = {"importance": [], "plan": []}
     load_at_start, chosen = loadavg(), items(args.task, rows_of(args.rows))
-    for item in chosen:
+    for number, item in enumerate(chosen):
         complete = None
-        for order in ("importance", "plan"):
+        for order in ("importance", "plan")[::-1 if number % 2 else 1]:  # alternate which goes first
             samples, marks, seconds = scored_by_time(item, surrogate, order)
             complete = complete or top3(fit_samples(samples))
             full_seconds[order].append(seconds)

@@ -9,7 +9,8 @@ how many masks to score next: as many as are predicted to finish within `PROGRES
 progress, cancellation and the deadline are checked at least that often) and before the deadline.
 `RankingWatch` refits a plain ridge model at fixed mask counts and reports convergence when the set
 and order of the top-k features stayed the same for `patience` consecutive checks. `importance_first`
-orders the masks so that an early stop has scored the likely important features' single removals first.
+orders the masks so that an early stop has scored the likely important features' single removals first;
+`scoring_order` uses that order only when the time budget may stop scoring early.
 """
 
 from __future__ import annotations
@@ -161,6 +162,18 @@ def plan_chunk(work: Sequence[float], pace: Rate, left: Callable[[int], float], 
             break
         taken += 1
     return max(taken, 1) if first and work else taken
+
+
+def scoring_order(todo: list[int], urgent: Sequence[int] | None, predicted_s: float | None, left_s: float
+                  ) -> list[int]:
+    """The order to score the masks `todo` in: `urgent`'s (a permutation of the masks, e.g. `importance_first`)
+    when scoring may not finish in the `left_s` seconds left (`predicted_s` unknown, or beyond it after
+    `SAFETY`), else `todo`'s, the plan's, which batches best: prompts planned side by side compute alike and
+    share their starts (on HotpotQA the importance order took 11–13% longer to complete)."""
+    if urgent is None or math.isinf(left_s) or (predicted_s is not None and predicted_s * SAFETY <= left_s):
+        return todo
+    waiting = set(todo)
+    return [int(i) for i in urgent if i in waiting]
 
 
 def importance_first(masks: np.ndarray, priority: np.ndarray) -> np.ndarray:

@@ -242,13 +242,10 @@ def score_planned(prepared: Prepared, *, cache: ScoreCache, started: float, cost
         deadline.leave_room_for_fit(len(prepared.features), config.solver, BOOTSTRAP,
                                     fits=1 if TARGETS[config.target].signed else 2)
     masks = plan_masks(len(prepared.features), config)
-    # the likely important features' single removals first, so that an early stop has them; the samples come
-    # back in the planned order, so a complete explanation is the same whatever the order
-    order = importance_first(masks, question_overlap(prepared.prompt, prepared.features, prepared.response))
-    samples = score_samples(prepared, masks[order], cache=cache, cost=cost, progress=progress,
-                            should_stop=should_stop, deadline=deadline, cached_only=cached_only,
-                            output_span=output_span)
-    return samples.in_order_of(masks)
+    # when the time budget may stop scoring early, the likely important features' single removals come first
+    urgent = importance_first(masks, question_overlap(prepared.prompt, prepared.features, prepared.response))
+    return score_samples(prepared, masks, cache=cache, cost=cost, progress=progress, should_stop=should_stop,
+                         deadline=deadline, cached_only=cached_only, output_span=output_span, urgent=urgent)
 
 
 def check_inputs(prompt: str, response: str | None, *, system: str | None = None, explain: str | None = None,

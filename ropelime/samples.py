@@ -84,13 +84,6 @@ class ScoredSamples(Inputs):
         """Every planned mask was scored."""
         return len(self.scores) == self.planned
 
-    def in_order_of(self, plan: np.ndarray) -> ScoredSamples:
-        """These samples with their rows (masks, scores, distances) in the order of the planned `plan` masks."""
-        where = {row.tobytes(): i for i, row in enumerate(np.asarray(plan, dtype=bool))}
-        order = np.argsort([where[row.tobytes()] for row in self.masks], kind="stable")
-        return replace(self, masks=self.masks[order], scores=[self.scores[i] for i in order],
-                       distances=None if self.distances is None else self.distances[order])
-
     def positions(self, output_span: str | None) -> Positions:
         """The response token positions a target over `output_span` covers (all for None)."""
         return output_positions(self.response, self.response_offsets, output_span)

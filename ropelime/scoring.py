@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ropelime import speeds
-from ropelime.anytime import MAX_CHUNK, Deadline, RankingWatch, pace_of, plan_chunk
+from ropelime.anytime import MAX_CHUNK, Deadline, RankingWatch, pace_of, plan_chunk, scoring_order
 from ropelime.cache import ScoreCache, digest
 from ropelime.cores import cpu_threads
 from ropelime.errors import Cancelled, InputError
@@ -91,12 +91,13 @@ def check_lengths(prompt_tokens: int, response_tokens: int, limits: Limits) -> N
 def score_samples(prepared: Prepared, masks: np.ndarray, *, cache: ScoreCache, cost: Cost | None = None,
                   progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
                   deadline: Deadline | None = None, cached_only: bool = False,
-                  output_span: str | None = None) -> ScoredSamples:
+                  output_span: str | None = None, urgent: Sequence[int] | None = None) -> ScoredSamples:
     """Score `masks` (row 0 the unperturbed prompt) and measure the kernel's distances of those scored.
 
     With a `deadline`, the time of one distance is left for every mask; with `cached_only` only cached
     scores are used (InputError when the unperturbed prompt's is missing). `output_span` is the part of
-    the response a convergence check ranks by. `cost` (default a new one) is updated in place.
+    the response a convergence check ranks by; `urgent` the order to score in when the deadline may come
+    first (see `score_masks`). `cost` (default a new one) is updated in place.
     """
     config, surrogate, encoded = prepared.config, prepared.surrogate, prepared.encoded
     cost = cost if cost is not None else Cost()
@@ -109,7 +110,8 @@ def score_samples(prepared: Prepared, masks: np.ndarray, *, cache: ScoreCache, c
     positions = output_positions(prepared.response, prepared.response_offsets, output_span)
     scored, rows, perturbed, stopped = score_masks(
         encoded, prepared.response, masks, config=config, surrogate=surrogate, cache=cache, progress=progress,
-        should_stop=should_stop, deadline=deadline, cost=cost, cached_only=cached_only, positions=positions)
+        should_stop=should_stop, deadline=deadline, cost=cost, cached_only=cached_only, positions=positions,
+        urgent=urgent)
     if cached_only and (not scored or scored[0] != 0):
         raise InputError("no cached scores for this explanation (the cache was cleared or the surrogate "
                          "differs); run the explanation again.")
@@ -149,6 +151,7 @@ def score_masks(
     deadline: Deadline | None = None,
     cached_only: bool = False,
     positions: slice | np.ndarray = slice(None),
+    urgent: Sequence[int] | None = None,
 ) -> tuple[list[int], list[TokenScores], list[tuple[list[int], np.ndarray]], str | None]:
     """Score the response after the perturbed prompt of each mask, step by step, through the cache.
 
@@ -159,8 +162,9 @@ def score_masks(
     scoring (see `ropelime.anytime`; the first step always scores the unperturbed prompt); progress
     is reported after every batch and `should_stop` checked between batches. With
     `config.converge_top_k` scoring stops once the top-k ranking (target over `positions`) has
-    settled; with `cached_only` nothing is scored and only cached masks are returned. `cost` is
-    updated in place.
+    settled; with `cached_only` nothing is scored and only cached masks are returned. `urgent` (a
+    permutation of the masks, e.g. `ropelime.anytime.importance_first`) is the order to score in when the
+    deadline may come first (`ropelime.anytime.scoring_order`). `cost` is updated in place.
     """
     response_ids = surrogate.encode_response(response)
     perturbed = [perturb_tokens(encoded, m, config.perturb, surrogate.placeholder_id) for m in masks]
@@ -184,6 +188,7 @@ def score_masks(
     pace = pace_of(surrogate)
     # tokens each mask must compute: those after the start it shares with the prompt (reused), and the response
     work = [len(ids) - shared_length(encoded.ids, ids) + len(response_ids) for ids, _ in perturbed]
+    todo = scoring_order(todo, urgent, pace.predict(sum(work[i] for i in todo)), deadline.scoring_left(len(masks)))
     watch = RankingWatch(config.converge_top_k) if config.converge_top_k else None
     reference, stopped, position = None, None, 0
     tokens_before, scoring_started = cost.tokens_scored, time.perf_counter()

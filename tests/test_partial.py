@@ -47,26 +47,47 @@ def test_importance_first_puts_single_removals_in_priority_order():
     assert importance_first(masks, np.zeros(5)).tolist() == list(range(len(masks)))  # no priority: as planned
 
 
-def test_the_schedule_scores_the_priors_top_feature_first_and_fits_in_plan_order(tiny_surrogate, monkeypatch):
-    import importlib
-
+def test_the_schedule_scores_the_priors_top_feature_first_when_the_budget_may_stop_early(tiny_surrogate, monkeypatch):
+    from ropelime import scoring
+    from ropelime.anytime import scoring_order
+    from ropelime.explain import plan_masks
     from ropelime.priors import question_overlap
 
-    pipeline = importlib.import_module("ropelime.explain")  # the module (ropelime.explain is also the function)
+    orders = []
 
-    seen = []
-    real = pipeline.score_samples
+    def recording(todo, urgent, predicted_s, left_s):
+        chosen = scoring_order(todo, urgent, predicted_s, left_s)
+        orders.append((list(todo), chosen, left_s))
+        return chosen
 
-    def recording(prepared, masks, **kwargs):
-        seen.append(masks.copy())
-        return real(prepared, masks, **kwargs)
-
-    monkeypatch.setattr(pipeline, "score_samples", recording)
+    monkeypatch.setattr(scoring, "scoring_order", recording)
     samples = ropelime.score(PROMPT, "true", explain=CONTEXT, surrogate=tiny_surrogate, budget=8,
-                             granularity="sentence")
+                             granularity="sentence", seed=1)
+    plan, chosen, left = orders[-1]
+    assert chosen == plan and left == float("inf")  # no time budget: the plan's order, which batches best
+    assert np.array_equal(samples.masks, plan_masks(len(samples.features), samples.config))
+    every = list(range(len(samples.masks)))
+    urgent = scoring_order(every, importance_order(samples), predicted_s=None, left_s=30.0)
     prior = question_overlap(PROMPT, samples.features, "true")
-    assert int(np.flatnonzero(~seen[0][1])[0]) == int(np.argmax(prior)) == 0  # scored first
-    assert np.array_equal(samples.masks, pipeline.plan_masks(len(samples.features), samples.config))
+    assert int(np.flatnonzero(~samples.masks[urgent[1]])[0]) == int(np.argmax(prior)) == 0  # budget: prior first
+
+
+def importance_order(samples) -> list[int]:
+    from ropelime.anytime import importance_first
+    from ropelime.priors import question_overlap
+
+    return importance_first(samples.masks, question_overlap(PROMPT, samples.features, "true")).tolist()
+
+
+def test_scoring_order_reorders_only_when_the_budget_may_not_suffice():
+    from ropelime.anytime import SAFETY, scoring_order
+
+    plan, urgent = [1, 2, 3, 4], [0, 3, 1, 4, 2]
+    assert scoring_order(plan, urgent, predicted_s=10.0, left_s=10.0 * SAFETY) == plan  # will finish: as planned
+    assert scoring_order(plan, urgent, predicted_s=10.0, left_s=10.0) == [3, 1, 4, 2]  # may not: urgent first
+    assert scoring_order(plan, urgent, predicted_s=None, left_s=10.0) == [3, 1, 4, 2]  # pace unknown: urgent
+    assert scoring_order(plan, urgent, predicted_s=None, left_s=float("inf")) == plan  # no budget
+    assert scoring_order(plan, None, predicted_s=None, left_s=1.0) == plan
 
 
 def test_whether_the_top_could_still_change_follows_the_intervals_and_the_unscored():
