@@ -46,8 +46,8 @@ def seconds_of(run, repeat: int = 10) -> float:
 
 
 def dynamic_int8(linear: torch.nn.Module) -> torch.nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated (torchao's int8 measured slower)
+        warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(
             torch.nn.Sequential(linear), {"0": torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
@@ -65,9 +65,13 @@ def per_token_int8(weight: torch.Tensor):
 def layer_table(model, ids: torch.Tensor) -> None:
     captured = {}
     block = model.model.layers[len(model.model.layers) // 2]
-    hooks = [block.get_submodule(name).register_forward_hook(
-        lambda _m, inputs, _out, name=name: captured.setdefault(name, inputs[0][0].detach().clone()))
-        for name in LAYERS]
+
+    def keep(name: str):
+        def hook(_module, inputs, _output) -> None:
+            captured[name] = inputs[0][0].detach().clone()
+        return hook
+
+    hooks = [block.get_submodule(name).register_forward_hook(keep(name)) for name in LAYERS]
     with torch.inference_mode():
         model.model(ids)
     for hook in hooks:
@@ -114,7 +118,7 @@ def explanation_table(item, name: str) -> None:
             layers = {n: torch.ao.quantization.per_channel_dynamic_qconfig for n, m in model.named_modules()
                       if isinstance(m, torch.nn.Linear) and m is not head}
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
+                warnings.simplefilter("ignore")
                 torch.ao.quantization.quantize_dynamic(model, layers, dtype=torch.qint8, inplace=True)
         surrogate = Surrogate(model, tokenizer, f"{known} ({label})", device, precision, prompt_format=prompt_format)
         runs[label] = explained(item, surrogate)
