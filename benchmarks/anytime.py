@@ -46,6 +46,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 HOST_TIMEOUT = 60.0
+MAX_CALLS = 40
+"""Most explain_response calls per item before giving up on completing it (the result says so)."""
 
 
 def loadavg() -> str:
@@ -150,13 +152,15 @@ async def one_item(item, env: dict) -> dict:
         first = await client.call_tool("explain_response", arguments, read_timeout_seconds=HOST_TIMEOUT)
         seconds = time.perf_counter() - started
         result, calls = first.structured_content, 1
-        while not result["complete"] and calls < 10:
+        while not result["complete"] and calls < MAX_CALLS:
             more = await client.call_tool("explain_response", {"continue_from": result["explanation_id"]},
                                           read_timeout_seconds=HOST_TIMEOUT)
             result, calls = more.structured_content, calls + 1
     from ropelime.schema import Explanation
 
     partial, complete = Explanation.model_validate(first.structured_content), Explanation.model_validate(result)
+    if not complete.complete:
+        raise SystemExit(f"{item.id}: still incomplete after {calls} calls; raise MAX_CALLS")
     return {"seconds": seconds, "complete": partial.complete, "same_top3": top3(partial) == top3(complete),
             "scored": f"{partial.diagnostics.samples}/{partial.diagnostics.planned_samples}",
             "surrogate": partial.surrogate.name, "calls": calls}
