@@ -101,7 +101,8 @@ def settled_line(explanation: Explanation, k: int = 3) -> str:
     if rivals == 0:
         return f"{scored}; the top {k} is settled: its 95% intervals lie above every other feature's"
     overlapping = rivals - unscored
-    why = [f"{overlapping} other{'s' if overlapping != 1 else ''}' 95% intervals reach theirs"] if overlapping else []
+    reach = "other's 95% interval reaches" if overlapping == 1 else "others' 95% intervals reach"
+    why = [f"{overlapping} {reach} theirs"] if overlapping else []
     why += [f"{unscored} not yet scored"] if unscored else []
     return f"{scored}; the top {k} could still change: {', '.join(why)}"
 

@@ -109,6 +109,7 @@ def test_whether_the_top_could_still_change_follows_the_intervals_and_the_unscor
     assert "top 3 is settled" in settled_line(clear)
     close = explanation((0.8, 1.0), (0.6, 0.7), (0.3, 0.5), (0.2, 0.35), (0.0, 0.31))
     assert close.rivals(3) == 2 and close.settled_top == 2
+    assert "1 other's 95% interval reaches theirs" in settled_line(close, 4)
     assert "top 3 could still change: 2 others' 95% intervals reach theirs" in settled_line(close)
     waiting = explanation((0.8, 1.0), (0.6, 0.7), (0.4, 0.5), (0.0, 0.0), (0.0, 0.0), unscored=(3, 4))
     assert waiting.rivals(3) == 2 and waiting.settled_top == 0
